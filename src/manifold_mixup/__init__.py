@@ -1,0 +1,1 @@
+"""Manifold Mixup and adaptive mixing (ConfMix) for any PyTorch model."""
