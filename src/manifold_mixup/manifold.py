@@ -1,0 +1,264 @@
+"""Manifold Mixup on any ``nn.Module``, at layers named by ``model.named_modules()``.
+
+    mixer = mm.ManifoldMixup(model, ["layer2", "layer3"], alpha=2.0, generator=g)
+    logits, targets = mixer(x, y)                    # training: mixes at one drawn layer
+    loss = mm.soft_cross_entropy(logits, targets)
+
+The mixed tensor is the named module's output (``"input"`` mixes the input itself). Forward
+hooks are registered once; they change nothing unless a mixer call has armed them, so outside
+a mixer call, and whenever the model is in ``eval()`` mode, the model computes exactly what it
+computes without the library. ``mixer.remove()`` (or leaving a ``with`` block) removes them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .mixing import MixPlan, draw_plan, identity_plan, mix, mix_targets
+from .policies import AlphaPolicy, ConfMix, as_policy
+
+__all__ = ["ManifoldMixup", "LastPlan"]
+
+INPUT = "input"
+
+# How to find the tensor to mix in a module output that is a tuple, list or dict:
+# an index or key, or a function ``(output, mix_fn) -> new_output``.
+Selector = int | str | Callable[[Any, Callable[[Tensor], Tensor]], Any]
+
+
+class LastPlan(NamedTuple):
+    """What the last mixer call did: permutation [B], lambda [B] and the layer name."""
+
+    perm: Tensor
+    lam: Tensor
+    layer: str
+
+
+def _apply_selector(output: Any, selector: Selector | None, fn: Callable[[Tensor], Tensor], name: str) -> Any:
+    if isinstance(output, Tensor) and selector is None:
+        return fn(output)
+    if selector is None:
+        raise TypeError(
+            f"layer {name!r} outputs a {type(output).__name__}, not a tensor: say which part to mix "
+            f"with select={{{name!r}: <index or key, or a function (output, mix) -> new output>}}"
+        )
+    if callable(selector):
+        return selector(output, fn)
+    if isinstance(output, Mapping):
+        if selector not in output:
+            raise KeyError(f"select[{name!r}] = {selector!r} is not a key of the output; keys: {list(output)}")
+        return {**output, selector: fn(output[selector])}
+    if isinstance(output, (tuple, list)) and isinstance(selector, int):
+        parts = list(output)
+        parts[selector] = fn(parts[selector])
+        return type(output)(parts) if isinstance(output, list) else (
+            type(output)(*parts) if hasattr(output, "_fields") else tuple(parts)
+        )
+    raise TypeError(f"select[{name!r}] = {selector!r} does not fit an output of type {type(output).__name__}")
+
+
+class ManifoldMixup(nn.Module):
+    """Train ``model`` on mixed hidden states, mixing at one of ``layers`` per call.
+
+    model: any nn.Module mapping a batch-first input [B, ...] to logits [B, K].
+    layers: a name or names from ``model.named_modules()``, or ``"input"`` for input mixup.
+    alpha: a number >= 0 (lambda ~ Beta(alpha, alpha); 0 = no mixing) or an ``AlphaPolicy``.
+    per_sample: one lambda per row (True) or one per batch (False).
+    generator: a CPU ``torch.Generator``; every draw (layer, permutation, lambda) comes from it.
+    layer_weights: probabilities of drawing each layer (default uniform).
+    select: for layers whose output is a tuple/list/dict, ``{name: index | key | fn}``.
+    num_classes: K, to check labels before the forward; otherwise taken from the logits.
+    label_smoothing: eps in [0, 1) applied to the targets before mixing.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: str | Sequence[str],
+        alpha: float | AlphaPolicy = 1.0,
+        per_sample: bool = True,
+        generator: torch.Generator | None = None,
+        layer_weights: Sequence[float] | None = None,
+        select: Mapping[str, Selector] | None = None,
+        num_classes: int | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.layers = [layers] if isinstance(layers, str) else list(layers)
+        modules = dict(model.named_modules())
+        valid = [INPUT] + [n for n in modules if n]
+        if not self.layers:
+            raise ValueError(f"layers must name at least one layer; valid names: {valid}")
+        for name in self.layers:
+            if name not in valid:
+                raise ValueError(f"unknown layer {name!r}; valid names: {valid}")
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"layers must be distinct; got {self.layers}")
+        if layer_weights is None:
+            weights = torch.ones(len(self.layers))
+        else:
+            weights = torch.as_tensor(list(layer_weights), dtype=torch.float64)
+            if weights.shape != (len(self.layers),) or not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+                raise ValueError(
+                    f"layer_weights must be {len(self.layers)} finite non-negative numbers with a positive sum; got {list(layer_weights)}"
+                )
+        self._weights = weights.double() / weights.sum()
+        self.policy = as_policy(alpha)
+        if isinstance(self.policy, ConfMix) and not per_sample:
+            raise ValueError("ConfMix sets alpha per sample: it needs per_sample=True")
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):
+            raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}")
+        self.per_sample = per_sample
+        self.generator = generator
+        self.select = dict(select or {})
+        for name in self.select:
+            if name not in self.layers:
+                raise ValueError(f"select names {name!r}, which is not among layers {self.layers}")
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.last_plan: LastPlan | None = None
+        self._armed: tuple[str, MixPlan] | None = None
+        self._fired = False
+        self._warned_reuse: set[str] = set()
+        self._handles = [
+            modules[name].register_forward_hook(self._make_hook(name)) for name in self.layers if name != INPUT
+        ]
+
+    # -- hooks --------------------------------------------------------------------------
+    def _make_hook(self, name: str):
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            if self._armed is None or self._armed[0] != name:
+                return None  # not armed: the output passes unchanged
+            if self._fired:
+                if name not in self._warned_reuse:
+                    self._warned_reuse.add(name)
+                    warnings.warn(
+                        f"layer {name!r} runs more than once in one forward; it is mixed at its first call only",
+                        stacklevel=2,
+                    )
+                return None
+            self._fired = True
+            plan = self._armed[1]
+            return _apply_selector(output, self.select.get(name), lambda h: mix(h, plan), name)
+
+        return hook
+
+    def remove(self) -> None:
+        """Remove the hooks: the model is as it was before the mixer was made."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> "ManifoldMixup":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    # -- training clock -----------------------------------------------------------------
+    def set_epoch(self, epoch: float) -> None:
+        """Forward the training clock (epochs, fractional allowed) to the alpha policy."""
+        self.policy.set_epoch(epoch)
+
+    # -- the mixed forward --------------------------------------------------------------
+    def _confidence(self, x: Tensor, index: Tensor | None, k: int | None) -> tuple[Tensor, int]:
+        pol = self.policy
+        assert isinstance(pol, ConfMix)
+        if pol.confidence == "cached":
+            if index is None:
+                raise ValueError("ConfMix(confidence='cached') needs the batch's sample indices: mixer(x, y, index=idx)")
+            if k is None:
+                raise ValueError("ConfMix(confidence='cached') needs num_classes=K on the mixer")
+            return pol.cached_confidence(index, k), k
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                logits = self.model(x)
+        finally:
+            self.model.train(was_training)
+        probs = torch.softmax(logits.float(), -1)
+        return probs.max(-1).values, logits.shape[-1]
+
+    def forward(
+        self,
+        x: Tensor,
+        y: Tensor,
+        index: Tensor | None = None,
+        *,
+        plan: MixPlan | None = None,
+        layer: str | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Mixed forward: returns ``(logits [B, K], soft targets [B, K])`` (rows sum to 1).
+
+        x: input batch [B, ...]; y: LongTensor [B] of class indices (or float [B, K] soft rows);
+        index: LongTensor [B] of sample indices, needed only by ConfMix with cached confidence.
+        plan, layer: replay a given plan at a given layer instead of drawing them (the policy
+        is then not consulted), e.g. to reproduce another trainer's run exactly.
+        In eval mode nothing is mixed and the targets are the (smoothed) one-hot rows.
+        """
+        b = x.shape[0]
+        if y.shape[0] != b:
+            raise ValueError(f"targets have batch size {y.shape[0]} but the input has {b}")
+        if index is not None and index.shape[0] != b:
+            raise ValueError(f"index has batch size {index.shape[0]} but the input has {b}")
+        k = self.num_classes
+        if k is not None and not y.dtype.is_floating_point and y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
+            bad = y[(y < 0) | (y >= k)][0].item()
+            raise ValueError(f"labels must lie in [0, {k}); got {bad}")
+        if not self.model.training:
+            logits = self.model(x)
+            targets = mix_targets(y.to(logits.device), identity_plan(b, logits.device), logits.shape[-1], self.label_smoothing)
+            self.last_plan = None
+            return logits, targets
+        if b < 2:
+            raise ValueError("mixing needs a batch of at least 2 rows; got a batch of 1")
+        if (plan is None) != (layer is None):
+            raise ValueError("plan and layer are given together (to replay a run) or not at all")
+        if layer is not None:
+            if layer not in self.layers:
+                raise ValueError(f"layer {layer!r} is not among this mixer's layers {self.layers}")
+            if plan.batch_size != b:
+                raise ValueError(f"the plan is for a batch of {plan.batch_size} but the input has {b} rows")
+            return self._mixed_forward(x, y, index, plan.to(x.device), layer)
+        layer = self.layers[int(torch.multinomial(self._weights, 1, generator=self.generator))]
+        pol = self.policy
+        if isinstance(pol, ConfMix):
+            if pol.in_warmup:
+                alpha = torch.zeros(b)
+            else:
+                conf, k_seen = self._confidence(x, index, k)
+                alpha = pol.confmix_alpha(conf, k_seen)
+            plan = draw_plan(b, pol.beta_parameter(alpha), generator=self.generator)
+        else:
+            alpha = pol.alpha(b)
+            plan = draw_plan(b, alpha, per_sample=self.per_sample, generator=self.generator)
+        pol.record(alpha, plan.lam)
+        return self._mixed_forward(x, y, index, plan.to(x.device), layer)
+
+    def _mixed_forward(self, x: Tensor, y: Tensor, index: Tensor | None, plan: MixPlan, layer: str) -> tuple[Tensor, Tensor]:
+        if layer == INPUT:
+            logits = self.model(mix(x, plan))
+        else:
+            self._armed, self._fired = (layer, plan), False
+            try:
+                logits = self.model(x)
+            finally:
+                self._armed = None
+            if not self._fired:
+                raise RuntimeError(f"layer {layer!r} did not run in the forward pass, so nothing was mixed")
+        if not isinstance(logits, Tensor) or logits.ndim != 2:
+            raise TypeError(f"the model must return logits [B, K]; got {getattr(logits, 'shape', type(logits))}")
+        targets = mix_targets(y.to(logits.device), plan, logits.shape[-1], self.label_smoothing)
+        if isinstance(self.policy, ConfMix) and self.policy.confidence == "cached" and index is not None:
+            self.policy.observe(index, logits)
+        self.last_plan = LastPlan(plan.perm, plan.lam, layer)
+        return logits, targets

@@ -1,0 +1,218 @@
+"""Mixing-strength policies: where a number alpha is accepted, a policy may stand instead.
+
+A policy answers "which alpha for these rows, now?". It learns the training clock in one way:
+the training loop calls ``set_epoch(t)`` (t in epochs, fractional allowed: ``epoch + i / steps``)
+before each batch; ``ManifoldMixup.set_epoch`` forwards it. Each policy records, per whole epoch,
+the mean alpha it gave and the mean lambda drawn (``history()``), so a study can plot alpha over
+training.
+
+Policies (DESIGN.md):
+- ``Constant(alpha)``.
+- ``RampUp(half_life=25)``: alpha(t) = 1 - 2**(-t/h)  (0 -> 1).
+- ``RampDown(half_life=25)``: alpha(t) = 2**(-t/h)   (1 -> 0).
+- ``ConfMix(warmup_epochs=5, half=False, confidence="fresh")``: per sample
+  alpha_i = K/(K-1) * (max softmax of the model at x_i - 1/K), clipped to [0, 1];
+  lambda_i ~ Beta(alpha_i, alpha_i), or Beta(alpha_i/2, alpha_i/2) for half ConfMix
+  (``HalfConfMix``); plain ERM (alpha = 0, lambda = 1) for the first ``warmup_epochs`` epochs.
+  x_i is the row that keeps weight lambda_i.
+
+Complete example loop (``mixer`` a ``ManifoldMixup``)::
+
+    steps = len(loader)
+    for epoch in range(epochs):
+        for i, (x, y, idx) in enumerate(loader):
+            mixer.set_epoch(epoch + i / steps)
+            logits, targets = mixer(x, y, index=idx)   # index only for ConfMix(confidence="cached")
+            loss = mm.soft_cross_entropy(logits, targets)
+            opt.zero_grad(); loss.backward(); opt.step()
+    mixer.policy.history()   # [{'epoch': 0, 'mean_alpha': ..., 'mean_lambda': ..., 'rows': ...}, ...]
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .mixing import check_alpha
+
+__all__ = ["AlphaPolicy", "Constant", "RampUp", "RampDown", "ConfMix", "HalfConfMix", "as_policy", "confmix_alpha"]
+
+
+class AlphaPolicy:
+    """Base class. Subclasses implement ``alpha_at`` (or override ``alpha``)."""
+
+    needs_confidence = False
+
+    def __init__(self) -> None:
+        self.epoch = 0.0
+        self._sums: dict[int, list[float]] = {}
+
+    def set_epoch(self, epoch: float) -> None:
+        """Tell the policy where training stands, in epochs (fractional allowed)."""
+        if not math.isfinite(epoch) or epoch < 0:
+            raise ValueError(f"epoch must be finite and >= 0; got {epoch}")
+        self.epoch = float(epoch)
+
+    def alpha_at(self, epoch: float) -> float:
+        raise NotImplementedError
+
+    def alpha(self, batch_size: int, confidence: Tensor | None = None) -> float | Tensor:
+        """alpha for the next batch: a number, or a Tensor [batch_size] of per-sample values."""
+        return self.alpha_at(self.epoch)
+
+    def record(self, alpha: float | Tensor, lam: Tensor) -> None:
+        """Add one batch to the per-epoch statistics (alpha as given to the rows, lambda drawn)."""
+        n = lam.numel()
+        a = float(alpha.float().mean()) if isinstance(alpha, Tensor) else float(alpha)
+        s = self._sums.setdefault(int(self.epoch), [0.0, 0.0, 0])
+        s[0] += a * n
+        s[1] += float(lam.float().sum())
+        s[2] += n
+
+    def history(self) -> list[dict]:
+        """Per epoch: mean alpha, mean lambda and the number of rows seen."""
+        return [
+            {"epoch": e, "mean_alpha": s[0] / s[2], "mean_lambda": s[1] / s[2], "rows": s[2]}
+            for e, s in sorted(self._sums.items())
+        ]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "epoch")
+        return f"{type(self).__name__}({args})"
+
+
+class Constant(AlphaPolicy):
+    """The same alpha throughout."""
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__()
+        check_alpha(alpha)
+        self.value = float(alpha)
+
+    def alpha_at(self, epoch: float) -> float:
+        return self.value
+
+
+def _check_half_life(half_life: float) -> float:
+    if isinstance(half_life, bool) or not isinstance(half_life, (int, float)) or not math.isfinite(half_life) or half_life <= 0:
+        raise ValueError(f"half_life must be a finite number of epochs > 0; got {half_life!r}")
+    return float(half_life)
+
+
+class RampUp(AlphaPolicy):
+    """alpha(t) = 1 - 2**(-t / half_life): 0 at the start, 1/2 after one half-life, -> 1."""
+
+    def __init__(self, half_life: float = 25.0) -> None:
+        super().__init__()
+        self.half_life = _check_half_life(half_life)
+
+    def alpha_at(self, epoch: float) -> float:
+        return 1.0 - 2.0 ** (-epoch / self.half_life)
+
+
+class RampDown(AlphaPolicy):
+    """alpha(t) = 2**(-t / half_life): 1 at the start, 1/2 after one half-life, -> 0."""
+
+    def __init__(self, half_life: float = 25.0) -> None:
+        super().__init__()
+        self.half_life = _check_half_life(half_life)
+
+    def alpha_at(self, epoch: float) -> float:
+        return 2.0 ** (-epoch / self.half_life)
+
+
+def confmix_alpha(confidence: Tensor, num_classes: int) -> Tensor:
+    """ConfMix's alpha_i = K/(K-1) * (confidence_i - 1/K), clipped to [0, 1].
+
+    confidence: Tensor [B], the max softmax probability at x_i, each in [0, 1].
+    A uniform prediction (1/K) gives 0, a one-hot prediction gives 1.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"ConfMix needs num_classes K >= 2; got {num_classes!r}")
+    if confidence.numel() and (torch.isnan(confidence).any() or (confidence < 0).any() or (confidence > 1).any()):
+        bad = confidence[torch.isnan(confidence) | (confidence < 0) | (confidence > 1)][0].item()
+        raise ValueError(f"confidences must lie in [0, 1]; got {bad}")
+    k = num_classes
+    return (k / (k - 1) * (confidence - 1.0 / k)).clamp(0.0, 1.0)
+
+
+class ConfMix(AlphaPolicy):
+    """Per-sample alpha from the model's own confidence, after ``warmup_epochs`` of plain ERM.
+
+    confidence: where the confidence at x_i comes from.
+      - ``"fresh"`` (default): a no-grad forward of the current model on the clean batch, with the
+        model switched to eval mode for that forward (BatchNorm uses its running statistics and
+        is not updated, dropout is off), then switched back. Costs one extra forward pass.
+      - ``"cached"``: the max softmax of row i's training output in the previous epoch, kept per
+        sample index (the loop passes ``index=``). Exact for rows trained unmixed (the warm-up
+        epochs, rows with alpha_i = 0); for mixed rows it is the confidence at the mixed point
+        that row i dominates. Costs nothing extra. A sample never seen gets alpha 0.
+    half: draw lambda_i ~ Beta(alpha_i/2, alpha_i/2) (half ConfMix). ``history()`` records
+      alpha_i itself, before halving.
+    """
+
+    needs_confidence = True
+
+    def __init__(self, warmup_epochs: float = 5, half: bool = False, confidence: str = "fresh") -> None:
+        super().__init__()
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float)) or not warmup_epochs >= 0:
+            raise ValueError(f"warmup_epochs M must be a number >= 0; got {warmup_epochs!r}")
+        if confidence not in ("fresh", "cached"):
+            raise ValueError(f"confidence must be 'fresh' or 'cached'; got {confidence!r}")
+        self.warmup_epochs = warmup_epochs
+        self.half = bool(half)
+        self.confidence = confidence
+        self._cache: Tensor | None = None  # [n_samples] max softmax, NaN where unseen
+
+    @property
+    def in_warmup(self) -> bool:
+        return self.epoch < self.warmup_epochs
+
+    def confmix_alpha(self, confidence: Tensor, num_classes: int) -> Tensor:
+        """alpha_i per row (before halving); zeros during warm-up."""
+        if self.in_warmup:
+            return torch.zeros(confidence.shape[0])
+        return confmix_alpha(confidence.detach().float().cpu(), num_classes)
+
+    def beta_parameter(self, alpha: Tensor) -> Tensor:
+        """The Beta parameter actually used for lambda_i: alpha_i, or alpha_i/2 for half ConfMix."""
+        return alpha / 2 if self.half else alpha
+
+    # -- cached confidences -------------------------------------------------------------
+    def cached_confidence(self, index: Tensor, num_classes: int) -> Tensor:
+        """Confidences [B] for sample indices; unseen samples get 1/K (so alpha 0)."""
+        index = index.detach().cpu().long()
+        out = torch.full((index.shape[0],), 1.0 / num_classes)
+        if self._cache is not None:
+            inside = index < self._cache.shape[0]
+            got = self._cache[index[inside]]
+            out[inside] = torch.where(torch.isnan(got), out[inside], got)
+        return out
+
+    def observe(self, index: Tensor, logits: Tensor) -> None:
+        """Store max softmax of the training output rows under their sample indices."""
+        index = index.detach().cpu().long()
+        conf = torch.softmax(logits.detach().float(), -1).max(-1).values.cpu()
+        need = int(index.max()) + 1 if index.numel() else 0
+        if self._cache is None or self._cache.shape[0] < need:
+            grown = torch.full((max(need, 1),), float("nan"))
+            if self._cache is not None:
+                grown[: self._cache.shape[0]] = self._cache
+            self._cache = grown
+        self._cache[index] = conf
+
+
+class HalfConfMix(ConfMix):
+    """ConfMix with lambda_i ~ Beta(alpha_i/2, alpha_i/2)."""
+
+    def __init__(self, warmup_epochs: float = 5, confidence: str = "fresh") -> None:
+        super().__init__(warmup_epochs=warmup_epochs, half=True, confidence=confidence)
+
+
+def as_policy(alpha: float | AlphaPolicy) -> AlphaPolicy:
+    """A number becomes ``Constant(alpha)``; a policy is returned as it is."""
+    if isinstance(alpha, AlphaPolicy):
+        return alpha
+    return Constant(alpha)
