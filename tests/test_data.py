@@ -1,0 +1,369 @@
+"""Tests of the offline data loaders: digits split, CIFAR-10 in both official formats written
+here in miniature, restricted unpickling, archive checksums and safe extraction."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from manifold_mixup.data import (
+    CIFAR10_MD5,
+    DATASETS,
+    ImageDataset,
+    load_cifar10,
+    load_dataset,
+    load_digits,
+)
+
+TRAIN_SIZES = (3, 2, 4, 1, 3)  # records per training batch (any count is allowed)
+TEST_SIZE = 5
+
+
+# ---------------------------------------------------------------------------- digits
+
+
+def test_digits_shapes_and_normalisation():
+    ds = load_digits(seed=0, test_fraction=0.25)
+    assert isinstance(ds, ImageDataset)
+    assert ds.name == "digits" and ds.num_classes == 10
+    assert ds.x_train.shape == (1347, 1, 8, 8) and ds.x_test.shape == (450, 1, 8, 8)
+    assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
+    assert ds.y_test.shape == (450,) and ds.image_shape == (1, 8, 8)
+    assert abs(ds.x_train.mean().item()) < 1e-4
+    assert abs(ds.x_train.std(unbiased=False).item() - 1.0) < 1e-4
+    assert set(ds.y_train.tolist()) == set(range(10))
+
+
+def test_digits_split_is_stratified():
+    frac = 0.25
+    ds = load_digits(seed=3, test_fraction=frac)
+    n_tr = torch.bincount(ds.y_train, minlength=10).numpy()
+    n_te = torch.bincount(ds.y_test, minlength=10).numpy()
+    total = n_tr + n_te
+    assert np.all(np.abs(n_te - frac * total) <= 1)
+    # Proportions agree between splits within one sample per class.
+    assert np.all(np.abs(n_tr / n_tr.sum() * n_te.sum() - n_te) <= 1)
+
+
+def test_digits_seed_controls_split():
+    a, b, c = load_digits(seed=1), load_digits(seed=1), load_digits(seed=2)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    assert not torch.equal(a.x_test, c.x_test)
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, "0.2"])
+def test_digits_bad_test_fraction(bad):
+    with pytest.raises(ValueError, match="test_fraction"):
+        load_digits(test_fraction=bad)
+
+
+def test_digits_bad_seed():
+    with pytest.raises(ValueError, match="seed"):
+        load_digits(seed=-1)
+
+
+# ---------------------------------------------------------------------------- writers
+
+
+def _random_batches(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    sizes = list(TRAIN_SIZES) + [TEST_SIZE]
+    return [
+        (rng.integers(0, 256, (n, 3072), dtype=np.uint8), rng.integers(0, 10, n))
+        for n in sizes
+    ]
+
+
+def _write_binary(folder: Path, batches) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+    for name, (pixels, labels) in zip(names, batches):
+        records = np.concatenate([labels.astype(np.uint8)[:, None], pixels], axis=1)
+        (folder / name).write_bytes(records.tobytes())
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Writes str/bytes as Python 2 strings, like the official (Python 2) CIFAR files."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def _save_py2_str(self, obj):
+        data = obj.encode("latin1") if isinstance(obj, str) else obj
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[bytes] = _save_py2_str
+    dispatch[str] = _save_py2_str
+
+
+def _py2_pickle(obj) -> bytes:
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    # numpy < 1.25 (and the official files) name the old module path.
+    return buf.getvalue().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+
+
+def _write_python(folder: Path, batches, py2: bool = True) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for k, (name, (pixels, labels)) in enumerate(zip(names, batches)):
+        obj = {
+            b"batch_label": f"batch {k}".encode(),
+            b"labels": [int(v) for v in labels],
+            b"data": pixels,
+            b"filenames": [f"img_{k}_{i}.png".encode() for i in range(len(labels))],
+        }
+        blob = _py2_pickle(obj) if py2 else pickle.dumps(obj, protocol=4)
+        (folder / name).write_bytes(blob)
+
+
+def _raw(ds: ImageDataset, split: str) -> np.ndarray:
+    """Undo the normalisation: raw uint8 pixels [n, 3, 32, 32]."""
+    x = getattr(ds, f"x_{split}").double().numpy()
+    mean = np.asarray(ds.channel_mean)[None, :, None, None]
+    std = np.asarray(ds.channel_std)[None, :, None, None]
+    raw = x * std + mean
+    assert np.abs(raw - np.round(raw)).max() < 1e-3
+    return np.round(raw).astype(np.uint8)
+
+
+def _check_round_trip(ds: ImageDataset, batches) -> None:
+    train_px = np.concatenate([b[0] for b in batches[:5]])
+    train_y = np.concatenate([b[1] for b in batches[:5]])
+    test_px, test_y = batches[5]
+    assert ds.name == "cifar10" and ds.num_classes == 10
+    assert ds.x_train.shape == (sum(TRAIN_SIZES), 3, 32, 32)
+    assert ds.x_test.shape == (TEST_SIZE, 3, 32, 32)
+    assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
+    assert ds.y_train.tolist() == train_y.tolist() and ds.y_test.tolist() == test_y.tolist()
+    raw_train, raw_test = _raw(ds, "train"), _raw(ds, "test")
+    # Layout [C, H, W]: byte c*1024 + h*32 + w of the 3072 is channel c, row h, column w.
+    for c, h, w in [(0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0), (2, 31, 31), (1, 17, 5)]:
+        assert np.array_equal(raw_test[:, c, h, w], test_px[:, c * 1024 + h * 32 + w])
+    assert np.array_equal(raw_train.reshape(-1, 3072), train_px)
+    assert np.array_equal(raw_test.reshape(-1, 3072), test_px)
+    # Normalised with the training split's per-channel statistics.
+    ref = train_px.reshape(-1, 3, 1024).astype(np.float64)
+    assert np.allclose(ds.channel_mean, ref.mean(axis=(0, 2)))
+    assert np.allclose(ds.channel_std, ref.std(axis=(0, 2)))
+    per_channel = ds.x_train.double().transpose(0, 1).reshape(3, -1)
+    assert torch.allclose(per_channel.mean(1), torch.zeros(3, dtype=torch.float64), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- CIFAR-10
+
+
+def test_cifar_binary_round_trip(tmp_path):
+    batches = _random_batches(0)
+    _write_binary(tmp_path / "cifar-10-batches-bin", batches)
+    _check_round_trip(load_cifar10(tmp_path), batches)
+    # The batch folder itself is accepted too, and load_dataset dispatches.
+    _check_round_trip(load_cifar10(tmp_path / "cifar-10-batches-bin"), batches)
+    _check_round_trip(load_dataset("cifar10", data_dir=tmp_path), batches)
+
+
+@pytest.mark.parametrize("py2", [True, False], ids=["python2-pickle", "protocol4"])
+def test_cifar_python_round_trip(tmp_path, py2):
+    batches = _random_batches(1)
+    _write_python(tmp_path / "cifar-10-batches-py", batches, py2=py2)
+    _check_round_trip(load_cifar10(tmp_path), batches)
+
+
+class _Evil:
+    def __init__(self, func, arg):
+        self.func, self.arg = func, arg
+
+    def __reduce__(self):
+        return (self.func, (self.arg,))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+@pytest.mark.parametrize("kind", ["os.system", "builtins.eval"])
+def test_cifar_malicious_pickle_refused(tmp_path, kind, protocol):
+    batches = _random_batches(2)
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_python(folder, batches)
+    marker = tmp_path / "pwned"
+    shell = f"echo pwned > {marker}"
+    if kind == "os.system":
+        payload = _Evil(os.system, shell)
+        global_name = rf"{os.name}\.system"
+    else:
+        payload = _Evil(eval, f"__import__('os').system({shell!r})")
+        global_name = r"(__builtin__|builtins)\.eval"  # protocol 2 writes __builtin__
+    obj = {b"data": payload, b"labels": [0]}
+    blob = _py2_pickle(obj) if protocol == 2 else pickle.dumps(obj, protocol=protocol)
+    (folder / "data_batch_3").write_bytes(blob)
+    with pytest.raises(ValueError, match=f"data_batch_3.*refusing to load global {global_name}"):
+        load_cifar10(tmp_path)
+    assert not marker.exists()
+    # Control: the payload is real, a plain unpickler would have run it.
+    pickle.loads(blob)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [1, 2, 3],
+        {b"data": np.zeros((2, 3072), np.uint8)},
+        {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]},
+        {b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]},
+        {b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]},
+        {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]},
+        {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]},
+        {b"data": np.zeros((2, 3072), np.uint8), b"labels": ["a", "b"]},
+    ],
+    ids=["list", "no-labels", "str-keys", "float", "width", "count", "range", "label-type"],
+)
+def test_cifar_unexpected_pickle_structure_refused(tmp_path, obj):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_python(folder, _random_batches(3))
+    (folder / "test_batch").write_bytes(pickle.dumps(obj, protocol=3))
+    with pytest.raises(ValueError, match="test_batch"):
+        load_cifar10(tmp_path)
+
+
+def test_cifar_truncated_pickle_refused(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_python(folder, _random_batches(3))
+    blob = (folder / "data_batch_1").read_bytes()
+    (folder / "data_batch_1").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="data_batch_1"):
+        load_cifar10(tmp_path)
+
+
+def test_cifar_missing_file_lists_expected(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    _write_binary(folder, _random_batches(4))
+    (folder / "data_batch_4.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="data_batch_4.bin") as err:
+        load_cifar10(tmp_path)
+    assert "test_batch.bin" in str(err.value) and "data_batch_1.bin" in str(err.value)
+
+
+def test_cifar_empty_dir_lists_what_was_looked_for(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        load_cifar10(tmp_path)
+    msg = str(err.value)
+    for expected in ("cifar-10-batches-bin", "cifar-10-batches-py", "cifar-10-binary.tar.gz"):
+        assert expected in msg
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_cifar10(tmp_path / "nope")
+
+
+def test_cifar_binary_bad_size_and_label(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    batches = _random_batches(5)
+    _write_binary(folder, batches)
+    with open(folder / "data_batch_2.bin", "ab") as f:
+        f.write(b"\x00")
+    with pytest.raises(ValueError, match="multiple of the 3073-byte"):
+        load_cifar10(tmp_path)
+    _write_binary(folder, batches)
+    blob = bytearray((folder / "test_batch.bin").read_bytes())
+    blob[0] = 11
+    (folder / "test_batch.bin").write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="labels must lie in"):
+        load_cifar10(tmp_path)
+
+
+def _make_archive(src_root: Path, folder: str, archive: Path) -> str:
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src_root / folder, arcname=folder)
+    return hashlib.md5(archive.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "archive_name, folder, writer",
+    [
+        ("cifar-10-binary.tar.gz", "cifar-10-batches-bin", _write_binary),
+        ("cifar-10-python.tar.gz", "cifar-10-batches-py", _write_python),
+    ],
+)
+def test_cifar_archive_checksum(tmp_path, archive_name, folder, writer):
+    batches = _random_batches(6)
+    writer(tmp_path / "src" / folder, batches)
+    dl = tmp_path / "dl"
+    archive = dl / archive_name
+    digest = _make_archive(tmp_path / "src", folder, archive)
+
+    # Published checksum: our tiny archive does not match and is never extracted.
+    with pytest.raises(ValueError, match="checksum mismatch") as err:
+        load_cifar10(dl)
+    msg = str(err.value)
+    assert CIFAR10_MD5[archive_name] in msg and digest in msg and archive_name in msg
+    assert not (dl / "extracted" / folder).exists()
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        load_cifar10(archive)
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        load_cifar10(dl, checksums={archive_name: "0" * 32})
+
+    # Injected correct checksum: extracted into the cache and read back exactly.
+    table = {archive_name: digest}
+    _check_round_trip(load_cifar10(dl, checksums=table), batches)
+    assert (dl / "extracted" / folder).is_dir()
+    _check_round_trip(load_cifar10(dl, checksums=table), batches)  # reuses the cache
+    cache = tmp_path / "cache"
+    _check_round_trip(load_cifar10(archive, cache_dir=cache, checksums=table), batches)
+    assert (cache / folder).is_dir()
+
+
+def test_cifar_archive_with_unsafe_member_refused(tmp_path):
+    dl = tmp_path / "dl"
+    dl.mkdir()
+    archive = dl / "cifar-10-binary.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        data = b"escaped"
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    digest = hashlib.md5(archive.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match="unsafe member"):
+        load_cifar10(archive, checksums={archive.name: digest})
+    assert not (tmp_path / "escaped.txt").exists()
+    assert not (dl / "escaped.txt").exists()
+
+
+def test_cifar_unknown_archive_name(tmp_path):
+    archive = tmp_path / "other.tar.gz"
+    archive.write_bytes(b"not really")
+    with pytest.raises(ValueError, match="unknown CIFAR-10 archive name"):
+        load_cifar10(archive)
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+
+def test_load_dataset_dispatch_and_errors():
+    assert DATASETS == ("digits", "cifar10")
+    ds = load_dataset("digits", seed=4)
+    assert torch.equal(ds.y_test, load_digits(seed=4).y_test)
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'.*digits.*cifar10"):
+        load_dataset("mnist")
+    with pytest.raises(ValueError, match="needs data_dir"):
+        load_dataset("cifar10")
+
+
+def test_image_dataset_validates():
+    x = torch.zeros(2, 1, 4, 4)
+    y = torch.zeros(2, dtype=torch.int64)
+    with pytest.raises(ValueError, match="y_train"):
+        ImageDataset(x, y.float(), x, y, 2, "t")
+    with pytest.raises(ValueError, match="x_test has 2 rows"):
+        ImageDataset(x, y, x, y[:1], 2, "t")
+    with pytest.raises(ValueError, match="same"):
+        ImageDataset(x, y, torch.zeros(2, 3, 4, 4), y, 2, "t")
