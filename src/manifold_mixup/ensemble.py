@@ -1,0 +1,497 @@
+"""Vectorised trainer: M independent ReLU MLPs trained at once as batched matrix products.
+
+    specs = [MemberSpec(seed=7, mix_layer=None, alpha=0.5),   # ERM baseline
+             MemberSpec(seed=7, mix_layer=2, alpha=0.5)]      # manifold mixup after relu2
+    params = train_ensemble(x, y, num_classes=[3, 3], specs=specs, config=EnsembleConfig())
+    labels = predict_ensemble(params, grid)                   # [M, G]
+    model = to_sequential(params, 1)                          # == mm.mlp(3) with trained weights
+
+Every member is the paper's MLP ``d-hidden...-K`` (``manifold_mixup.models.mlp``) with its own
+data set, its own initial weights, its own data order, permutations and lambdas, and its own
+optimiser state; members never interact (the loss is summed over members, so each gets exactly
+its own gradient). What one member sees is fully determined by its ``MemberSpec``:
+
+- **Initial weights**: ``mlp_init(sizes, torch.Generator().manual_seed(seed))``, i.e. exactly the
+  weights of ``mm.mlp(K, hidden, d, generator=torch.Generator().manual_seed(seed))``.
+- **Per-epoch randomness**: ``epoch_plan(seed, epoch, n, batch_size, alpha)`` draws the data
+  order, the per-batch permutations and the per-sample lambdas from numpy's PCG64 seeded by
+  ``SeedSequence(entropy=seed, spawn_key=(PLAN_STREAM, epoch))`` -- a stream independent of the
+  torch (Philox/MT) stream used for the initial weights. The trainer uses that very function, so a
+  test can replay a member through the reference path (``ManifoldMixup(..., plan=MixPlan(perm,
+  lam), layer=mlp_layer(k))``).
+
+Mixing (``mix_layer`` = k): k = 0 mixes the input, k = j >= 1 mixes the output of the j-th
+hidden ReLU, ``None`` is ERM (no mixing; lambda = 1). Row i of a mixed batch is
+``lam[i]*h[i] + (1-lam[i])*h[perm[i]]``, targets mix the same way, and the loss is the batch mean
+of soft cross-entropy against the mixed targets (``soft_cross_entropy(logits, mix_targets(...))``).
+Implementation: the plan of a batch is the B x B matrix ``Mix = diag(lam) + diag(1-lam) P``
+(P the permutation matrix), so mixing is one ``bmm`` forward (``Mix @ h``) and one backward
+(``Mix^T @ dh``). Members are sorted by mixing layer so that, within a chunk, the members that mix at
+layer j are one contiguous slice of the stacked batch.
+
+Different numbers of classes K in one call: each chunk is padded to its largest K. Padded
+output rows start at 0 and their logits get ``-1e30`` before the softmax, so their probability,
+gradient and Adam/SGD update are exactly 0: the padded member is the unpadded one. Returned
+``EnsembleParams`` are padded to the largest K overall; ``predict_ensemble`` masks padded classes.
+
+Data: every member has n samples and n must be a multiple of batch_size (the paper: n = 1000,
+batch 50); a last partial batch is not supported and raises ValueError.
+
+Speed: forward and backward are written by hand (``baddbmm``/``bmm`` over the member axis, ReLU
+masks via ``threshold_backward``, a fused softmax cross-entropy gradient ``(softmax - T) / B``),
+into preallocated buffers; the optimiser is one ``torch.optim.Adam(fused=True)`` (or SGD) over the
+stacked tensors, which is elementwise and thus equal to M separate optimisers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .models import mlp, mlp_init
+
+__all__ = [
+    "MemberSpec",
+    "EnsembleConfig",
+    "EnsembleParams",
+    "PLAN_STREAM",
+    "epoch_plan",
+    "train_ensemble",
+    "predict_ensemble",
+    "to_sequential",
+    "chunk_size_for",
+]
+
+#: spawn-key tag that separates the plan stream (numpy) from anything else derived from a seed.
+PLAN_STREAM = 0x6D6978  # "mix"
+
+#: added to padded logits: exp() of it is exactly 0, and unlike -inf it keeps 0 * log p = 0.
+_PAD_LOGIT = -1e30
+
+#: members per chunk when the memory budget allows more (measured on a 2-core CPU: see BENCHMARKS.md).
+DEFAULT_CHUNK = 16
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """One member: ``seed`` (int >= 0) for init and plans; ``mix_layer`` None (ERM), 0 (input) or
+    j in 1..depth (after the j-th hidden ReLU); ``alpha`` >= 0, lambda ~ Beta(alpha, alpha) per sample."""
+
+    seed: int
+    mix_layer: int | None = None
+    alpha: float = 0.5
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """Training settings shared by all members.
+
+    optimizer: 'adam' (betas, eps as torch.optim.Adam) or 'sgd' (with ``momentum``).
+    memory_budget: bytes one chunk of members may use (parameters, gradients, optimiser state,
+    the epoch's data and activations); members are trained chunk by chunk.
+    chunk_models: members per chunk (None: the budget's maximum, capped at DEFAULT_CHUNK).
+    dtype: torch.float32 (default) or torch.float64.
+    """
+
+    epochs: int = 20
+    batch_size: int = 50
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    hidden: tuple[int, ...] = (512, 512, 512)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    momentum: float = 0.0
+    memory_budget: int = 1 << 30
+    chunk_models: int | None = None
+    dtype: torch.dtype = torch.float32
+
+
+@dataclass
+class EnsembleParams:
+    """Trained parameters of M members, in ``nn.Linear`` layout, stacked over members.
+
+    weights[l]: Tensor [M, out_l, in_l]; biases[l]: Tensor [M, out_l]. The last layer has
+    out = max K; rows >= num_classes[i] of member i are padding (zero).
+    num_classes: list of M ints. losses: Tensor [M, epochs], each member's mean training loss per epoch.
+    """
+
+    weights: list[Tensor]
+    biases: list[Tensor]
+    num_classes: list[int]
+    hidden: tuple[int, ...]
+    losses: Tensor = field(default_factory=lambda: torch.empty(0))
+
+    @property
+    def num_models(self) -> int:
+        return int(self.weights[0].shape[0])
+
+    @property
+    def in_features(self) -> int:
+        return int(self.weights[0].shape[2])
+
+
+# -- randomness ------------------------------------------------------------------------------
+
+def epoch_plan(seed: int, epoch: int, n: int, batch_size: int, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+    """One member's randomness for one epoch: ``(order [n], perm [n_batches, B], lam [n_batches, B])``.
+
+    order: LongTensor, the data order (batch b is ``order[b*B:(b+1)*B]``); perm: LongTensor, each
+    row a permutation of 0..B-1 (the mixing partner of row i is row perm[b, i] of the batch);
+    lam: float64 Tensor, lambda ~ Beta(alpha, alpha) per sample (all 1 when alpha = 0).
+    Drawn, in this order, from ``np.random.default_rng(SeedSequence(seed, spawn_key=(PLAN_STREAM, epoch)))``.
+    The same draws are made whatever the mixing layer, so methods sharing a seed share data order.
+    """
+    if n % batch_size:
+        raise ValueError(f"n = {n} must be a multiple of batch_size = {batch_size}")
+    nb = n // batch_size
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(PLAN_STREAM, int(epoch))))
+    order = rng.permutation(n)
+    perm = rng.permuted(np.broadcast_to(np.arange(batch_size), (nb, batch_size)), axis=1)
+    lam = rng.beta(alpha, alpha, size=(nb, batch_size)) if alpha > 0 else np.ones((nb, batch_size))
+    return torch.from_numpy(order), torch.from_numpy(perm), torch.from_numpy(lam)
+
+
+# -- validation ------------------------------------------------------------------------------
+
+def _check_config(config: EnsembleConfig) -> None:
+    if not isinstance(config.epochs, int) or config.epochs < 1:
+        raise ValueError(f"config.epochs must be an integer >= 1; got {config.epochs!r}")
+    if not isinstance(config.batch_size, int) or config.batch_size < 2:
+        raise ValueError(f"config.batch_size must be an integer >= 2 (mixing pairs rows); got {config.batch_size!r}")
+    if config.optimizer not in ("adam", "sgd"):
+        raise ValueError(f"config.optimizer must be 'adam' or 'sgd'; got {config.optimizer!r}")
+    if not (config.lr > 0 and math.isfinite(config.lr)):
+        raise ValueError(f"config.lr must be a finite number > 0; got {config.lr!r}")
+    if not config.hidden or any(not isinstance(h, int) or h < 1 for h in config.hidden):
+        raise ValueError(f"config.hidden must be a non-empty tuple of positive integers; got {config.hidden!r}")
+    if config.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"config.dtype must be torch.float32 or torch.float64; got {config.dtype}")
+    if config.chunk_models is not None and (not isinstance(config.chunk_models, int) or config.chunk_models < 1):
+        raise ValueError(f"config.chunk_models must be None or an integer >= 1; got {config.chunk_models!r}")
+
+
+def _check_specs(specs: Sequence[MemberSpec], depth: int) -> None:
+    for i, s in enumerate(specs):
+        if not isinstance(s, MemberSpec):
+            raise TypeError(f"specs[{i}] must be a MemberSpec; got {type(s).__name__}")
+        if isinstance(s.seed, bool) or not isinstance(s.seed, (int, np.integer)) or s.seed < 0:
+            raise ValueError(f"specs[{i}].seed must be an integer >= 0; got {s.seed!r}")
+        if s.mix_layer is not None and (
+            isinstance(s.mix_layer, bool) or not isinstance(s.mix_layer, (int, np.integer)) or not 0 <= s.mix_layer <= depth
+        ):
+            raise ValueError(
+                f"specs[{i}].mix_layer must be None (ERM), 0 (input) or a hidden layer 1..{depth}; got {s.mix_layer!r}"
+            )
+        if isinstance(s.alpha, bool) or not isinstance(s.alpha, (int, float)) or not math.isfinite(s.alpha) or s.alpha < 0:
+            raise ValueError(f"specs[{i}].alpha must be a finite number >= 0 (0 = no mixing); got {s.alpha!r}")
+
+
+def _bytes_per_model(d: int, hidden: Sequence[int], k: int, n: int, batch: int, config: EnsembleConfig) -> int:
+    """Bytes one member needs in a chunk (parameters + grads + optimiser state + data + activations)."""
+    sizes = [d, *hidden, k]
+    p = sum(i * o + o for i, o in zip(sizes[:-1], sizes[1:]))
+    copies = 4 if config.optimizer == "adam" else (3 if config.momentum else 2)
+    data = n * (2 * d + 2 * k + batch) + n * 3  # x, mixed x, targets, Mix matrices, order/labels
+    act = batch * (3 * sum(hidden) + 4 * max(hidden) + 4 * k)
+    item = torch.finfo(config.dtype).bits // 8
+    return (copies * p + data + act) * item
+
+
+def chunk_size_for(d: int, k: int, n: int, config: EnsembleConfig) -> int:
+    """Members per chunk for this budget (raises ValueError if even one member does not fit)."""
+    per = _bytes_per_model(d, config.hidden, k, n, config.batch_size, config)
+    fit = config.memory_budget // per
+    if fit < 1:
+        raise ValueError(
+            f"config.memory_budget = {config.memory_budget} bytes is too small for one member, which needs "
+            f"about {per} bytes (sizes {[d, *config.hidden, k]}, n = {n}); raise it to at least {per}"
+        )
+    return int(min(fit, config.chunk_models or DEFAULT_CHUNK))
+
+
+# -- training --------------------------------------------------------------------------------
+
+class _Chunk:
+    """State and hand-written forward/backward for a chunk of members (stacked over dim 0).
+
+    Parameters are kept as ``Wt[l]`` [m, in, out] (transposed nn.Linear weights) and ``b[l]`` [m, 1, out].
+    """
+
+    def __init__(self, sizes: list[int], inits: list, kmask: Tensor | None, groups: dict[int, tuple[int, int]],
+                 batch: int, config: EnsembleConfig, device: torch.device) -> None:
+        dt = config.dtype
+        m = len(inits)
+        self.m, self.sizes, self.batch, self.groups, self.kmask = m, sizes, batch, groups, kmask
+        L = len(sizes) - 1
+        self.Wt = [torch.zeros(m, sizes[l], sizes[l + 1], dtype=dt, device=device) for l in range(L)]
+        self.b = [torch.zeros(m, 1, sizes[l + 1], dtype=dt, device=device) for l in range(L)]
+        for i, layers in enumerate(inits):
+            for l, (w, bias) in enumerate(layers):
+                self.Wt[l][i, :, : w.shape[0]] = w.t().to(dt)
+                self.b[l][i, 0, : w.shape[0]] = bias.to(dt)
+        params = self.Wt + self.b
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        if config.optimizer == "adam":
+            self.opt = torch.optim.Adam(params, lr=config.lr, betas=config.betas, eps=config.eps, fused=True)
+        else:
+            self.opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, foreach=True)
+        # activations: a[l] post-ReLU of hidden layer l (l = 0..L-2); h[l] its mixed version (if mixed)
+        self.a = [torch.empty(m, batch, s, dtype=dt, device=device) for s in sizes[1:-1]]
+        self.h = [torch.empty(m, batch, s, dtype=dt, device=device) if (l + 1) in groups else None
+                  for l, s in enumerate(sizes[1:-1])]
+        self.zo = torch.empty(m, batch, sizes[-1], dtype=dt, device=device)
+        self.dh = [torch.empty(m, batch, s, dtype=dt, device=device) for s in sizes[1:-1]]
+        self.dz = [torch.empty(m, batch, s, dtype=dt, device=device) for s in sizes[1:-1]]
+        self.dm = [torch.empty(m, batch, s, dtype=dt, device=device) if (l + 1) in groups else None
+                   for l, s in enumerate(sizes[1:-1])]
+
+    def step(self, x: Tensor, t: Tensor, mix: Tensor) -> Tensor:
+        """One optimiser step. x [m, B, d] (input mixing already applied), t [m, B, K] mixed
+        targets, mix [m, B, B] mixing matrices. Returns the per-member loss [m]."""
+        L = len(self.sizes) - 1
+        Wt, b, a, hmix, groups = self.Wt, self.b, self.a, self.h, self.groups
+        hs = [x]
+        for l in range(L - 1):
+            torch.baddbmm(b[l], hs[-1], Wt[l], out=a[l])
+            a[l].relu_()
+            g = groups.get(l + 1)
+            if g is None:
+                hs.append(a[l])
+            else:
+                s, e = g
+                h = hmix[l]
+                if s > 0:
+                    h[:s].copy_(a[l][:s])
+                if e < self.m:
+                    h[e:].copy_(a[l][e:])
+                torch.bmm(mix[s:e], a[l][s:e], out=h[s:e])
+                hs.append(h)
+        z = torch.baddbmm(b[-1], hs[-1], Wt[-1], out=self.zo)
+        if self.kmask is not None:
+            z += self.kmask
+        logp = torch.log_softmax(z, -1)
+        loss = -(t * logp).sum(-1).mean(-1)
+        dz = logp.exp_().sub_(t).div_(self.batch)  # d(mean CE)/dz, rows of t sum to 1
+        for l in range(L - 1, -1, -1):
+            torch.bmm(hs[l].transpose(1, 2), dz, out=Wt[l].grad)
+            torch.sum(dz, 1, keepdim=True, out=b[l].grad)
+            if l == 0:
+                break
+            dh = torch.bmm(dz, Wt[l].transpose(1, 2), out=self.dh[l - 1])
+            g = groups.get(l)
+            if g is not None:  # mixing backward: d a = Mix^T d h on the slice that mixes here
+                s, e = g
+                dm = self.dm[l - 1]
+                if s > 0:
+                    dm[:s].copy_(dh[:s])
+                if e < self.m:
+                    dm[e:].copy_(dh[e:])
+                torch.bmm(mix[s:e].transpose(1, 2), dh[s:e], out=dm[s:e])
+                dh = dm
+            dz = torch.ops.aten.threshold_backward.grad_input(dh, a[l - 1], 0, grad_input=self.dz[l - 1])
+        self.opt.step()
+        return loss
+
+
+def _onehot(y: Tensor, k: int, dtype: torch.dtype) -> Tensor:
+    return torch.nn.functional.one_hot(y, k).to(dtype)
+
+
+def train_ensemble(
+    x: Tensor,
+    y: Tensor,
+    num_classes: int | Sequence[int],
+    specs: Sequence[MemberSpec],
+    config: EnsembleConfig | None = None,
+    device: torch.device | str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> EnsembleParams:
+    """Train M members; returns their trained parameters (on the CPU).
+
+    x: float Tensor [M, n, d] (member i's inputs); y: LongTensor [M, n], labels in [0, K_i);
+    num_classes: K for all members or a list of M values (each >= 2); specs: M ``MemberSpec``.
+    device: where to compute (default: x's device); each chunk's data is moved there once.
+    progress: called after each chunk with the number of members done so far (or an object with
+    ``update(k)``, e.g. a tqdm bar, given the increment).
+    """
+    config = config or EnsembleConfig()
+    _check_config(config)
+    if not isinstance(x, Tensor) or x.ndim != 3 or not x.dtype.is_floating_point:
+        raise ValueError(f"x must be a float Tensor [M, n, d]; got {getattr(x, 'shape', type(x))}")
+    M, n, d = x.shape
+    if not isinstance(y, Tensor) or y.shape != (M, n) or y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise ValueError(f"y must be an integer Tensor [M, n] = [{M}, {n}] of labels; got "
+                         f"{getattr(y, 'dtype', type(y))} {tuple(getattr(y, 'shape', ()))}")
+    if len(specs) != M:
+        raise ValueError(f"specs has {len(specs)} entries but x holds {M} members")
+    ks = [num_classes] * M if isinstance(num_classes, (int, np.integer)) else list(num_classes)
+    if len(ks) != M:
+        raise ValueError(f"num_classes has {len(ks)} entries but x holds {M} members")
+    for i, k in enumerate(ks):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+            raise ValueError(f"num_classes[{i}] must be an integer >= 2; got {k!r}")
+    ks = [int(k) for k in ks]
+    depth = len(config.hidden)
+    _check_specs(specs, depth)
+    if n % config.batch_size:
+        raise ValueError(f"n = {n} samples per member must be a multiple of config.batch_size = {config.batch_size}")
+    y = y.long()
+    kt = torch.tensor(ks)
+    bad = (y < 0) | (y >= kt[:, None])
+    if bad.any():
+        i, j = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(f"labels of member {i} must lie in [0, {ks[i]}); got y[{i}, {j}] = {int(y[i, j])}")
+    device = torch.device(device) if device is not None else x.device
+    kmax = max(ks)
+    per_chunk = chunk_size_for(d, kmax, n, config)
+
+    # sort members by mixing layer (stable) so that each layer's members are contiguous in a chunk
+    key = lambda i: -1 if specs[i].mix_layer is None else specs[i].mix_layer  # noqa: E731
+    order = sorted(range(M), key=key)
+    dt = config.dtype
+    sizes_all = [d, *config.hidden, kmax]
+    W_out = [torch.zeros(M, o, i, dtype=dt) for i, o in zip(sizes_all[:-1], sizes_all[1:])]
+    b_out = [torch.zeros(M, o, dtype=dt) for o in sizes_all[1:]]
+    losses = torch.zeros(M, config.epochs, dtype=torch.float64)
+    done = 0
+    for c0 in range(0, M, per_chunk):
+        idx = order[c0 : c0 + per_chunk]
+        Wc, bc, lc = _train_chunk(x, y, ks, specs, idx, config, device)
+        it = torch.tensor(idx)
+        for l in range(len(W_out)):
+            W_out[l][it, : Wc[l].shape[1]] = Wc[l]
+            b_out[l][it, : bc[l].shape[1]] = bc[l]
+        losses[it] = lc
+        done += len(idx)
+        if progress is not None:
+            if hasattr(progress, "update") and not callable(progress):
+                progress.update(len(idx))
+            else:
+                progress(done)
+    return EnsembleParams(W_out, b_out, ks, tuple(config.hidden), losses)
+
+
+def _train_chunk(x, y, ks, specs, idx, config: EnsembleConfig, device) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """Train the members ``idx`` (sorted by mixing layer) together; returns CPU W [m,out,in], b [m,out], losses [m,E]."""
+    m, n, d = len(idx), x.shape[1], x.shape[2]
+    B, dt = config.batch_size, config.dtype
+    nb = n // B
+    kc = max(ks[i] for i in idx)
+    sizes = [d, *config.hidden, kc]
+    inits = [mlp_init([d, *config.hidden, ks[i]], torch.Generator().manual_seed(int(specs[i].seed))) for i in idx]
+    kmask = None
+    if any(ks[i] < kc for i in idx):
+        kmask = torch.zeros(m, 1, kc, dtype=dt)
+        for r, i in enumerate(idx):
+            kmask[r, 0, ks[i]:] = _PAD_LOGIT
+        kmask = kmask.to(device)
+    layers = [specs[i].mix_layer for i in idx]
+    groups: dict[int, tuple[int, int]] = {}
+    for r, k in enumerate(layers):
+        if k is not None:
+            s, _ = groups.get(k, (r, r))
+            groups[k] = (s, r + 1)
+    chunk = _Chunk(sizes, inits, kmask, {k: v for k, v in groups.items() if k >= 1}, B, config, device)
+    it = torch.tensor(idx)
+    xc = x[it].to(device=device, dtype=dt)                  # [m, n, d], moved once
+    yc = _onehot(y[it], kc, dt).to(device)                  # [m, n, K]
+    losses = torch.zeros(m, config.epochs, dtype=torch.float64)
+    g0 = groups.get(0)
+    for epoch in range(config.epochs):
+        orders = torch.empty(m, n, dtype=torch.long)
+        mix = torch.zeros(m, nb, B, B, dtype=torch.float64)
+        for r, i in enumerate(idx):
+            o, p, lam = epoch_plan(specs[i].seed, epoch, n, B, specs[i].alpha)
+            orders[r] = o
+            if layers[r] is None:
+                mix[r].diagonal(dim1=-2, dim2=-1).fill_(1.0)
+            else:
+                mix[r].diagonal(dim1=-2, dim2=-1).copy_(lam)
+                mix[r].view(nb * B, B).index_put_(
+                    (torch.arange(nb * B), p.reshape(-1)), (1 - lam).reshape(-1), accumulate=True)
+        mix = mix.to(device=device, dtype=dt).transpose(0, 1).contiguous()      # [nb, m, B, B]
+        od = orders.to(device)
+        xe = torch.gather(xc, 1, od[..., None].expand(m, n, d)).view(m, nb, B, d).transpose(0, 1).contiguous()
+        te = torch.gather(yc, 1, od[..., None].expand(m, n, kc)).view(m, nb, B, kc).transpose(0, 1)
+        te = torch.matmul(mix, te)                                                # mixed targets [nb, m, B, K]
+        if g0 is not None:
+            s, e = g0
+            xe[:, s:e] = torch.matmul(mix[:, s:e], xe[:, s:e])
+        ep_loss = torch.zeros(m, dtype=dt, device=device)
+        for bi in range(nb):
+            ep_loss += chunk.step(xe[bi], te[bi], mix[bi])
+        losses[:, epoch] = (ep_loss / nb).double().cpu()
+    W = [w.detach().transpose(1, 2).cpu() for w in chunk.Wt]
+    bs = [b.detach()[:, 0].cpu() for b in chunk.b]
+    return W, bs, losses
+
+
+# -- prediction and interop ------------------------------------------------------------------
+
+def predict_ensemble(params: EnsembleParams, points: Tensor, chunk: int = 8192,
+                     memory_budget: int = 256 << 20, device: torch.device | str | None = None) -> Tensor:
+    """Predicted labels of every member: LongTensor [M, G] (argmax over each member's valid classes).
+
+    points: [G, d] shared by all members, or [M, G, d] per member. Work is chunked over points
+    (at most ``chunk`` at a time) and members so that activations stay within ``memory_budget`` bytes.
+    """
+    M, d = params.num_models, params.in_features
+    if points.ndim == 2:
+        shared = True
+        if points.shape[1] != d:
+            raise ValueError(f"points must be [G, {d}] or [{M}, G, {d}]; got {tuple(points.shape)}")
+        G = points.shape[0]
+    elif points.ndim == 3:
+        shared = False
+        if points.shape[0] != M or points.shape[2] != d:
+            raise ValueError(f"points must be [G, {d}] or [{M}, G, {d}]; got {tuple(points.shape)}")
+        G = points.shape[1]
+    else:
+        raise ValueError(f"points must be [G, {d}] or [{M}, G, {d}]; got {tuple(points.shape)}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1; got {chunk}")
+    device = torch.device(device) if device is not None else params.weights[0].device
+    dt = params.weights[0].dtype
+    width = max(params.hidden)
+    gc = min(chunk, G) if G else 1
+    mc = max(1, min(M, memory_budget // (2 * gc * width * dt.itemsize)))
+    kmax = params.weights[-1].shape[1]
+    out = torch.empty(M, G, dtype=torch.long)
+    kt = torch.tensor(params.num_classes)
+    for m0 in range(0, M, mc):
+        sl = slice(m0, min(M, m0 + mc))
+        Wt = [w[sl].transpose(1, 2).to(device) for w in params.weights]
+        bs = [b[sl].unsqueeze(1).to(device) for b in params.biases]
+        mask = torch.where(torch.arange(kmax)[None, :] < kt[sl, None], 0.0, -math.inf).to(device, dt).unsqueeze(1)
+        for g0 in range(0, G, gc):
+            if shared:
+                p = points[g0 : g0 + gc].to(device, dt).expand(Wt[0].shape[0], -1, -1)
+            else:
+                p = points[sl, g0 : g0 + gc].to(device, dt)
+            h = p
+            for l in range(len(Wt) - 1):
+                h = torch.baddbmm(bs[l], h, Wt[l]).relu_()
+            z = torch.baddbmm(bs[-1], h, Wt[-1]) + mask
+            out[sl, g0 : g0 + gc] = z.argmax(-1).cpu()
+    return out
+
+
+def to_sequential(params: EnsembleParams, i: int) -> nn.Sequential:
+    """Member i as ``manifold_mixup.models.mlp`` (``nn.Sequential`` fc1, relu1, ..., out) with its trained weights."""
+    M = params.num_models
+    if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -M <= i < M:
+        raise ValueError(f"member index i must be an integer in [0, {M}); got {i!r}")
+    k = params.num_classes[i]
+    model = mlp(k, params.hidden, params.in_features).to(params.weights[0].dtype)
+    linears = [mod for mod in model if isinstance(mod, nn.Linear)]
+    with torch.no_grad():
+        for lin, w, b in zip(linears, params.weights, params.biases):
+            lin.weight.copy_(w[i, : lin.out_features])
+            lin.bias.copy_(b[i, : lin.out_features])
+    return model

@@ -1,0 +1,190 @@
+"""The vectorised trainer equals the reference path (ManifoldMixup on nn.Sequential) member by member."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import manifold_mixup as mm
+from manifold_mixup.ensemble import (
+    EnsembleConfig,
+    MemberSpec,
+    epoch_plan,
+    predict_ensemble,
+    to_sequential,
+    train_ensemble,
+)
+
+HIDDEN = (32, 32, 32)
+N, BATCH, EPOCHS = 100, 20, 3
+CFG = EnsembleConfig(epochs=EPOCHS, batch_size=BATCH, hidden=HIDDEN, dtype=torch.float64)
+TOL = 1e-6
+
+
+def make_data(m: int, ks: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, N, 2, generator=g)
+    y = torch.stack([torch.randint(0, k, (N,), generator=g) for k in ks])
+    return x, y
+
+
+def reference(x, y, k, spec, config=CFG, layer_override=None, perm_fn=None, lam_fn=None):
+    """Train one member through mm.mlp + ManifoldMixup, replaying epoch_plan; returns its Linear weights."""
+    torch.manual_seed(0)  # the reference path draws nothing from it; set anyway
+    model = mm.mlp(k, config.hidden, generator=torch.Generator().manual_seed(spec.seed)).double()
+    if config.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    depth = len(config.hidden)
+    layer = spec.mix_layer if layer_override is None else layer_override
+    mixer = None
+    if layer is not None:
+        mixer = mm.ManifoldMixup(model, mm.mlp_layer(layer, depth), alpha=spec.alpha, num_classes=k)
+    x = x.double()
+    for epoch in range(config.epochs):
+        order, perm, lam = epoch_plan(spec.seed, epoch, x.shape[0], config.batch_size, spec.alpha)
+        for b in range(perm.shape[0]):
+            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+            xb, yb = x[idx], y[idx]
+            if mixer is None:
+                logits, targets = model(xb), mm.soft_targets(yb, k)
+            else:
+                p, l = perm[b], lam[b]
+                p = perm_fn(p) if perm_fn else p
+                l = lam_fn(l) if lam_fn else l
+                logits, targets = mixer(xb, yb, plan=mm.MixPlan(p, l), layer=mm.mlp_layer(layer, depth))
+            loss = mm.soft_cross_entropy(logits, targets)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return [mod.weight.detach() for mod in model if isinstance(mod, torch.nn.Linear)] + [
+        mod.bias.detach() for mod in model if isinstance(mod, torch.nn.Linear)]
+
+
+def member_weights(params, i):
+    model = to_sequential(params, i)
+    return [mod.weight.detach() for mod in model if isinstance(mod, torch.nn.Linear)] + [
+        mod.bias.detach() for mod in model if isinstance(mod, torch.nn.Linear)]
+
+
+def maxdiff(a, b):
+    return max(float((u - v).detach().abs().max()) for u, v in zip(a, b))
+
+
+def test_init_matches_mlp():
+    x, y = make_data(1, [3])
+    params = train_ensemble(x, y, 3, [MemberSpec(5, None, 0.5)], EnsembleConfig(epochs=1, batch_size=BATCH, hidden=HIDDEN, lr=1e-300))
+    ref = mm.mlp(3, HIDDEN, generator=torch.Generator().manual_seed(5))
+    assert maxdiff(member_weights(params, 0), [m.weight for m in ref if isinstance(m, torch.nn.Linear)]
+                   + [m.bias for m in ref if isinstance(m, torch.nn.Linear)]) < 1e-6
+
+
+@pytest.mark.parametrize("layer", [None, 0, 2])
+def test_single_member_matches_reference(layer):
+    x, y = make_data(1, [3])
+    spec = MemberSpec(11, layer, 0.5)
+    params = train_ensemble(x, y, 3, [spec], CFG)
+    ref = reference(x[0], y[0], 3, spec)
+    assert maxdiff(member_weights(params, 0), ref) < TOL
+
+
+def test_three_methods_and_negative_controls():
+    specs = [MemberSpec(1, None, 0.5), MemberSpec(2, 0, 0.5), MemberSpec(3, 2, 0.5)]
+    x, y = make_data(3, [3, 3, 3])
+    params = train_ensemble(x, y, 3, specs, CFG)
+    got = [member_weights(params, i) for i in range(3)]
+    for i, s in enumerate(specs):
+        assert maxdiff(got[i], reference(x[i], y[i], 3, s)) < TOL
+    # negative controls on the layer-2 member: each change must move the weights clearly
+    x2, y2, s2 = x[2], y[2], specs[2]
+    for kw in ({"layer_override": 1}, {"layer_override": 3}, {"layer_override": 0},
+               {"perm_fn": lambda p: p.roll(1)}, {"lam_fn": lambda l: (l * 0.9 + 0.05)}):
+        assert maxdiff(got[2], reference(x2, y2, 3, s2, **kw)) > 100 * TOL, kw
+    # and the ERM member is not the same as mixing
+    assert maxdiff(got[0], reference(x[0], y[0], 3, MemberSpec(1, 1, 0.5))) > 100 * TOL
+
+
+def test_different_k_padding_matches_reference():
+    ks = [2, 5, 3]
+    specs = [MemberSpec(4, 1, 0.5), MemberSpec(5, None, 0.5), MemberSpec(6, 3, 2.0)]
+    x, y = make_data(3, ks, seed=1)
+    params = train_ensemble(x, y, ks, specs, CFG)
+    assert params.weights[-1].shape[1] == 5
+    for i, s in enumerate(specs):
+        assert maxdiff(member_weights(params, i), reference(x[i], y[i], ks[i], s)) < TOL
+    assert torch.all(params.weights[-1][0, 2:] == 0) and torch.all(params.biases[-1][2, 3:] == 0)
+
+
+def test_sgd_matches_reference():
+    cfg = EnsembleConfig(epochs=EPOCHS, batch_size=BATCH, hidden=HIDDEN, dtype=torch.float64,
+                         optimizer="sgd", lr=0.05, momentum=0.9)
+    specs = [MemberSpec(8, 2, 0.5), MemberSpec(9, None, 0.5)]
+    x, y = make_data(2, [4, 4], seed=2)
+    params = train_ensemble(x, y, 4, specs, cfg)
+    for i, s in enumerate(specs):
+        assert maxdiff(member_weights(params, i), reference(x[i], y[i], 4, s, config=cfg)) < TOL
+
+
+def test_chunking_and_determinism():
+    ks = [2, 3, 4, 5, 3]
+    specs = [MemberSpec(s, l, 0.5) for s, l in zip(range(5), [None, 0, 1, 2, 3])]
+    x, y = make_data(5, ks, seed=3)
+    cfg = EnsembleConfig(epochs=2, batch_size=BATCH, hidden=HIDDEN)
+    one = train_ensemble(x, y, ks, specs, cfg)
+    seen = []
+    small = EnsembleConfig(epochs=2, batch_size=BATCH, hidden=HIDDEN, memory_budget=200_000)
+    many = train_ensemble(x, y, ks, specs, small, progress=seen.append)
+    assert len(seen) > 2 and seen[-1] == 5
+    again = train_ensemble(x, y, ks, specs, cfg)
+    for a, b, c in zip(one.weights + one.biases, many.weights + many.biases, again.weights + again.biases):
+        assert torch.allclose(a, b, atol=1e-5) and torch.equal(a, c)
+
+
+def test_predict_matches_sequential():
+    ks = [2, 4, 3]
+    x, y = make_data(3, ks, seed=4)
+    params = train_ensemble(x, y, ks, [MemberSpec(i, None, 0.5) for i in range(3)],
+                            EnsembleConfig(epochs=2, batch_size=BATCH, hidden=HIDDEN))
+    grid = torch.rand(1000, 2, generator=torch.Generator().manual_seed(0)) * 6 - 3
+    pred = predict_ensemble(params, grid, chunk=128)
+    per = predict_ensemble(params, grid.expand(3, -1, -1), chunk=300)
+    for i in range(3):
+        with torch.no_grad():
+            ref = to_sequential(params, i)(grid).argmax(-1)
+        assert torch.equal(pred[i], ref) and torch.equal(per[i], ref)
+        assert int(pred[i].max()) < ks[i]
+
+
+def test_epoch_plan_shapes_and_streams():
+    order, perm, lam = epoch_plan(3, 0, 100, 20, 0.5)
+    assert sorted(order.tolist()) == list(range(100)) and perm.shape == lam.shape == (5, 20)
+    assert all(sorted(p.tolist()) == list(range(20)) for p in perm)
+    assert ((lam >= 0) & (lam <= 1)).all()
+    o2, p2, l2 = epoch_plan(3, 1, 100, 20, 0.5)
+    assert not torch.equal(order, o2)
+    assert torch.equal(epoch_plan(3, 0, 100, 20, 0.0)[2], torch.ones(5, 20))
+    assert torch.equal(epoch_plan(3, 0, 100, 20, 0.5)[0], order)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(specs=[MemberSpec(0)]), "specs has 1 entries"),
+    (dict(num_classes=1), "num_classes.*>= 2"),
+    (dict(num_classes=[3, 3, 3]), "num_classes has 3"),
+    (dict(y=torch.full((2, N), 3)), r"labels of member 0 must lie in \[0, 3\)"),
+    (dict(specs=[MemberSpec(0), MemberSpec(1, 4, 0.5)]), r"specs\[1\].mix_layer .* 1..3; got 4"),
+    (dict(specs=[MemberSpec(0), MemberSpec(1, 1, -0.5)]), r"specs\[1\].alpha .*>= 0"),
+    (dict(specs=[MemberSpec(0), MemberSpec(-1, 1, 0.5)]), r"specs\[1\].seed"),
+    (dict(config=EnsembleConfig(batch_size=30, hidden=HIDDEN)), "multiple of config.batch_size = 30"),
+    (dict(config=EnsembleConfig(batch_size=BATCH, hidden=HIDDEN, memory_budget=1000)), "memory_budget = 1000"),
+    (dict(config=EnsembleConfig(optimizer="rmsprop", hidden=HIDDEN)), "'adam' or 'sgd'"),
+    (dict(x=torch.zeros(2, N)), r"x must be a float Tensor \[M, n, d\]"),
+    (dict(y=torch.zeros(2, N - 1, dtype=torch.long)), r"y must be an integer Tensor \[M, n\]"),
+])
+def test_bad_inputs(change, match):
+    x, y = make_data(2, [3, 3])
+    kw = dict(x=x, y=y, num_classes=3, specs=[MemberSpec(0), MemberSpec(1, 1, 0.5)],
+              config=EnsembleConfig(epochs=1, batch_size=BATCH, hidden=HIDDEN))
+    kw.update(change)
+    with pytest.raises(ValueError, match=match):
+        train_ensemble(**kw)
