@@ -1,0 +1,168 @@
+"""Table 2: ConfMix, half ConfMix, ramps and fixed-alpha mixup, at the input and before the first
+fully connected layer of the paper's CNN, against ERM, over several seeds.
+
+Each (method, seed) is one shard: one training of ``paper_cnn`` by ``train_classifier``. All
+methods of one seed share the initial weights and the data order (paired comparisons).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data import DATASETS, load_dataset
+from ..models import PAPER_CNN_MIX_LAYER, paper_cnn
+from ..policies import AlphaPolicy, ConfMix, Constant, RampDown, RampUp
+from ..shards import Shard, ShardStore, run_shards, write_atomic
+from ..stats import mean_interval
+from ..train import train_classifier
+from ..devices import resolve_device
+
+__all__ = ["ConfMixStudyConfig", "METHODS", "PAPER_TABLE2", "run_confmix_study", "method_policy"]
+
+KINDS = ("mixup", "confmix", "half-confmix", "ramp-up", "ramp-down")
+METHODS = ("erm",) + tuple(f"{where}-{kind}" for where in ("input", "manifold") for kind in KINDS)
+LABELS = {
+    "mixup": "Mixup (alpha = 0.5)", "confmix": "ConfMix", "half-confmix": "1/2 ConfMix",
+    "ramp-up": "alpha from 0 -> 1", "ramp-down": "alpha from 1 -> 0",
+}
+# The paper's Table 2: accuracy change over ERM on CIFAR-10, percentage points.
+PAPER_TABLE2 = {
+    "input-mixup": 1.9, "input-confmix": 3.4, "input-half-confmix": 2.4, "input-ramp-up": 3.1, "input-ramp-down": 3.1,
+    "manifold-mixup": 3.7, "manifold-confmix": 3.7, "manifold-half-confmix": 2.9, "manifold-ramp-up": 3.9,
+    "manifold-ramp-down": 2.6,
+}
+
+
+@dataclass(frozen=True)
+class ConfMixStudyConfig:
+    """Settings of the Table 2 study (paper defaults: 50 epochs, batch 250, M = 5, h = 25)."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    seeds: int = 5
+    epochs: int = 50
+    batch_size: int = 250
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    alpha: float = 0.5
+    warmup_epochs: int = 5
+    half_life: float = 25.0
+    confidence: str = "fresh"
+    methods: tuple[str, ...] = METHODS
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"unknown method(s) {bad}; valid methods: {list(METHODS)}")
+        if "erm" not in self.methods:
+            raise ValueError("methods must include 'erm', the baseline every method is compared with")
+        for name in ("seeds", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.confidence not in ("fresh", "cached"):
+            raise ValueError(f"confidence must be 'fresh' or 'cached'; got {self.confidence!r}")
+
+    def settings(self) -> dict:
+        """What the results depend on (the device is left out: a study may resume elsewhere)."""
+        d = asdict(self)
+        d.pop("device")
+        d["methods"] = list(self.methods)
+        return d
+
+
+def method_policy(method: str, cfg: ConfMixStudyConfig) -> tuple[str | None, AlphaPolicy | None]:
+    """(layer to mix or None for ERM, alpha policy) of one Table 2 method."""
+    if method == "erm":
+        return None, None
+    where, kind = method.split("-", 1)
+    layer = "input" if where == "input" else PAPER_CNN_MIX_LAYER
+    policy: AlphaPolicy = {
+        "mixup": lambda: Constant(cfg.alpha),
+        "confmix": lambda: ConfMix(cfg.warmup_epochs, confidence=cfg.confidence),
+        "half-confmix": lambda: ConfMix(cfg.warmup_epochs, half=True, confidence=cfg.confidence),
+        "ramp-up": lambda: RampUp(cfg.half_life),
+        "ramp-down": lambda: RampDown(cfg.half_life),
+    }[kind]()
+    return layer, policy
+
+
+def train_one(payload: dict) -> list[dict]:
+    """Shard worker: train one (method, seed) and return its result row."""
+    cfg = ConfMixStudyConfig(**{**payload["config"], "methods": tuple(payload["config"]["methods"])})
+    method, seed = payload["method"], payload["seed"]
+    device = resolve_device(cfg.device)
+    data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+    with torch.random.fork_rng(devices=[]):  # the initial weights: one per seed, shared by all methods
+        torch.manual_seed(cfg.seed * 1000 + seed)
+        model = paper_cnn(data.image_shape, data.num_classes).to(device)
+    layer, policy = method_policy(method, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + seed + 1)
+    res = train_classifier(
+        model, data.x_train.to(device), data.y_train.to(device),
+        layers=layer, alpha=policy if policy is not None else 0.0,
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
+        generator=gen, x_test=data.x_test.to(device), y_test=data.y_test.to(device), num_classes=data.num_classes,
+    )
+    return [{
+        "method": method, "seed": seed, "test_acc": res.final_test_acc,
+        "train_acc": res.epochs[-1]["train_acc"], "final_loss": res.epochs[-1]["loss"],
+        "test_acc_per_epoch": [r["test_acc"] for r in res.epochs], "policy": res.policy,
+    }]
+
+
+def shards_for(cfg: ConfMixStudyConfig) -> list[Shard]:
+    config = {**asdict(cfg), "methods": list(cfg.methods)}
+    return [Shard(f"{m}-seed{s:03d}", {"config": config, "method": m, "seed": s}) for s in range(cfg.seeds) for m in cfg.methods]
+
+
+def summarise(cfg: ConfMixStudyConfig, rows: list[dict]) -> tuple[str, dict]:
+    """Table 2 as markdown (mean accuracy change over ERM with 95% t-intervals across seeds)."""
+    acc = {(r["method"], r["seed"]): 100 * r["test_acc"] for r in rows}
+    erm = [acc[("erm", s)] for s in range(cfg.seeds)]
+    base = mean_interval(erm)
+    table = {}
+    lines = [
+        f"# Table 2: mixing methods on {cfg.dataset} ({cfg.seeds} seeds, {cfg.epochs} epochs, batch {cfg.batch_size})",
+        "",
+        f"ERM test accuracy: {base.mean:.2f}% (95% interval {base.low:.2f} to {base.high:.2f}).",
+        "Change in test accuracy over ERM, percentage points, paired by seed (same initial weights and data order);",
+        "95% Student-t interval across seeds. The paper's column is its single CIFAR-10 run.",
+        "",
+        "| Mixup technique | accuracy change (ours) | 95% interval | paper (CIFAR-10) |",
+        "|---|---|---|---|",
+    ]
+    for m in cfg.methods:
+        if m == "erm":
+            continue
+        where, kind = m.split("-", 1)
+        d = mean_interval([acc[(m, s)] - acc[("erm", s)] for s in range(cfg.seeds)])
+        table[m] = d._asdict()
+        ci = "n/a" if math.isnan(d.low) else f"[{d.low:+.2f}, {d.high:+.2f}]"
+        lines.append(f"| {where.capitalize()} {LABELS[kind]} | {d.mean:+.2f} | {ci} | {PAPER_TABLE2[m]:+.1f} |")
+    return "\n".join(lines) + "\n", table
+
+
+def run_confmix_study(cfg: ConfMixStudyConfig, out: str | Path, executor: str = "local", address: str | None = None,
+                      progress: bool = True) -> dict:
+    """Run (or resume) the study into ``out``: results.csv, summary.md, alpha.png, manifest.json."""
+    from ..plots import plot_alpha_trajectories
+    from .report import write_csv
+
+    resolve_device(cfg.device)  # fail before any work when the device is missing
+    out = Path(out)
+    store = ShardStore(out, "confmix-study", cfg.settings())
+    shards = shards_for(cfg)
+    rows = run_shards(store, shards, train_one, executor=executor, address=address, progress=progress, desc="confmix study")
+    write_csv(out / "results.csv", [{k: v for k, v in r.items() if k not in ("policy", "test_acc_per_epoch")} for r in rows])
+    text, table = summarise(cfg, rows)
+    write_atomic(out / "summary.md", text)
+    plot_alpha_trajectories(rows, out / "alpha.png")
+    return {"rows": rows, "table": table}
