@@ -1,0 +1,114 @@
+"""Cost of mixing next to a plain ERM training step, measured in the same run.
+
+Prints one JSON line per case: {"model", "method", "ratio_to_erm", "step_ms", "erm_step_ms", ...}.
+A step is forward + loss + backward + Adam. ERM is ``model(x)`` with ``F.cross_entropy``; mixed
+steps go through ``ManifoldMixup`` and ``soft_cross_entropy``. Steps of the methods are
+interleaved in rounds and the median per-step time of each is reported, so slow drifts of the
+machine hit all methods alike.
+
+    python benchmarks/mixing_overhead.py [--steps 30] [--rounds 7] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import manifold_mixup as mm
+
+
+def cases(device):
+    g = torch.Generator().manual_seed(0)
+    mlp_x, mlp_y = torch.randn(50, 2, generator=g), torch.randint(0, 5, (50,), generator=g)
+    cnn_x, cnn_y = torch.randn(250, 3, 32, 32, generator=g), torch.randint(0, 10, (250,), generator=g)
+    res_x, res_y = torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g)
+    yield "paper-mlp", (lambda: mm.mlp(5, generator=torch.Generator().manual_seed(1))), mlp_x, mlp_y, {
+        "manifold": (["relu1", "relu2", "relu3"], 0.5),
+        "input": ("input", 0.5),
+        "confmix-fresh": (["relu1", "relu2", "relu3"], "fresh"),
+        "confmix-cached": (["relu1", "relu2", "relu3"], "cached"),
+    }
+    yield "paper-cnn", (lambda: mm.paper_cnn((3, 32, 32), 10)), cnn_x, cnn_y, {
+        "manifold": (mm.PAPER_CNN_MIX_LAYER, 0.5),
+        "confmix-fresh": (mm.PAPER_CNN_MIX_LAYER, "fresh"),
+        "confmix-cached": (mm.PAPER_CNN_MIX_LAYER, "cached"),
+    }
+    yield "small-resnet", (lambda: mm.small_resnet((3, 32, 32), 10)), res_x, res_y, {
+        "manifold": (["block1", "block2"], 0.5),
+    }
+
+
+def make_step(model, x, y, method):
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if method is None:
+        def step():
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+    layers, alpha = method
+    if alpha in ("fresh", "cached"):
+        alpha = mm.ConfMix(warmup_epochs=0, confidence=alpha)
+    mixer = mm.ManifoldMixup(model, layers, alpha=alpha, num_classes=int(y.max()) + 1,
+                             generator=torch.Generator().manual_seed(2))
+    index = torch.arange(len(x))
+
+    def step():
+        logits, targets = mixer(x, y, index=index)
+        loss = mm.soft_cross_entropy(logits, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def timed(step, n, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t) / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--models", nargs="+", default=None, help="subset of: paper-mlp paper-cnn small-resnet")
+    a = ap.parse_args()
+    device = torch.device(a.device)
+    for name, build, x, y, methods in cases(device):
+        if a.models and name not in a.models:
+            continue
+        x, y = x.to(device), y.to(device)
+        steps = {"erm": make_step(build().to(device), x, y, None)}
+        for m, spec in methods.items():
+            steps[m] = make_step(build().to(device), x, y, spec)
+        for s in steps.values():  # warm-up
+            timed(s, 3, device)
+        times = {m: [] for m in steps}
+        for _ in range(a.rounds):
+            for m, s in steps.items():
+                times[m].append(timed(s, a.steps, device))
+        erm = statistics.median(times["erm"])
+        for m in methods:
+            t = statistics.median(times[m])
+            print(json.dumps({
+                "model": name, "method": m, "ratio_to_erm": round(t / erm, 4), "step_ms": round(1e3 * t, 3),
+                "erm_step_ms": round(1e3 * erm, 3), "batch": len(x), "device": str(device),
+                "threads": torch.get_num_threads(),
+            }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
