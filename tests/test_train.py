@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+import manifold_mixup as mm
+from manifold_mixup.devices import resolve_device
+from manifold_mixup.toy import spiral
+from manifold_mixup.train import accuracy, train_classifier
+
+
+def test_reference_trainer_learns_and_is_reproducible():
+    x, y = spiral(200, 0, noise=0.0, turns=0.5)
+    runs = []
+    for _ in range(2):
+        model = mm.mlp(2, (32, 32), generator=torch.Generator().manual_seed(0))
+        before = accuracy(model, x, y)
+        res = train_classifier(model, x, y, layers=["relu1"], alpha=0.5, epochs=30, batch_size=20, lr=3e-3,
+                               generator=torch.Generator().manual_seed(1), x_test=x, y_test=y)
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert res.epochs[-1]["loss"] < res.epochs[0]["loss"]
+    assert res.final_test_acc > max(before, 0.8)
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    assert len(res.policy) == 30 and 0 < res.policy[0]["mean_lambda"] < 1
+    assert not model.relu1._forward_hooks  # the trainer removed its hooks
+
+
+def test_confmix_cached_and_ramps_in_the_loop():
+    x, y = spiral(120, 1)
+    for policy in (mm.ConfMix(warmup_epochs=2, confidence="cached"), mm.HalfConfMix(warmup_epochs=2), mm.RampUp(5)):
+        model = mm.mlp(2, (16, 16), generator=torch.Generator().manual_seed(0))
+        res = train_classifier(model, x, y, layers="relu2", alpha=policy, epochs=4, batch_size=30,
+                               generator=torch.Generator().manual_seed(0))
+        hist = res.policy
+        assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
+        if isinstance(policy, mm.ConfMix):
+            assert hist[0]["mean_alpha"] == 0 and hist[1]["mean_lambda"] == 1
+            assert hist[2]["mean_alpha"] > 0
+        else:  # ramp 0 -> 1 grows
+            assert hist[0]["mean_alpha"] < hist[3]["mean_alpha"]
+
+
+def test_trainer_and_device_errors():
+    x, y = spiral(20, 0)
+    with pytest.raises(ValueError, match="y has 19 rows but x has 20"):
+        train_classifier(mm.mlp(2, (4,)), x, y[:19])
+    with pytest.raises(ValueError, match="optimizer must be 'adam' or 'sgd'; got 'lbfgs'"):
+        train_classifier(mm.mlp(2, (4,)), x, y, optimizer="lbfgs")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA device"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("tpu")
