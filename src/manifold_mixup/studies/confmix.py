@@ -156,7 +156,8 @@ def run_confmix_study(cfg: ConfMixStudyConfig, out: str | Path, executor: str = 
     from ..plots import plot_alpha_trajectories
     from .report import write_csv
 
-    resolve_device(cfg.device)  # fail before any work when the device is missing
+    resolve_device(cfg.device)  # fail before any work when the device or the data are missing
+    load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
     out = Path(out)
     store = ShardStore(out, "confmix-study", cfg.settings())
     shards = shards_for(cfg)

@@ -1,0 +1,91 @@
+import csv
+import json
+
+import pytest
+
+from manifold_mixup.cli import main
+from manifold_mixup.studies.confmix import ConfMixStudyConfig, run_confmix_study
+from manifold_mixup.studies.depth import DepthStudyConfig, PRESETS, run_depth_study
+
+TINY = DepthStudyConfig(problems_per_k=2, ks=(2, 3), hidden=(16, 16, 16), n_train=100, epochs=2, batch_size=20,
+                        grid_resolution=32, mmlb_samples=2000, problems_per_shard=1)
+
+
+def _csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_depth_study_outputs_and_resume(tmp_path):
+    res = run_depth_study(TINY, tmp_path / "a", progress=False)
+    rows = _csv(tmp_path / "a" / "results.csv")
+    assert len(rows) == 4 * 5 and {r["method"] for r in rows} == {"baseline", "k0", "k1", "k2", "k3"}
+    for r in rows:
+        assert float(r["excess_risk_pp"]) >= 0
+        assert abs(float(r["risk"]) - float(r["bayes_risk"]) - float(r["excess_risk_pp"]) / 100) < 1e-9
+        assert 0 <= float(r["normalised_mmlb"]) <= 1
+    summary = (tmp_path / "a" / "summary.md").read_text()
+    assert "Table 1" in summary and "Wilcoxon" in summary and "18.1" in summary
+    for f in ("figure2.png", "figure3.png", "manifest.json"):
+        assert (tmp_path / "a" / f).stat().st_size > 0
+    # interrupted run: drop two shards, rerun, same results.csv
+    first = (tmp_path / "a" / "results.csv").read_text()
+    shards = sorted((tmp_path / "a" / "shards").glob("*.json"))
+    for s in shards[1:3]:
+        s.unlink()
+    run_depth_study(TINY, tmp_path / "a", progress=False)
+    assert (tmp_path / "a" / "results.csv").read_text() == first
+    assert res["table1"]["baseline"]["excess_pp"] == pytest.approx(
+        sum(float(r["excess_risk_pp"]) for r in rows if r["method"] == "baseline") / 4)
+
+
+def test_depth_study_refuses_other_settings_and_bad_input(tmp_path, capsys):
+    run_depth_study(TINY, tmp_path, progress=False)
+    code = main(["depth-study", "--preset", "quick", "--out", str(tmp_path), "--no-progress"])
+    assert code == 2 and "other settings" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"unknown method\(s\) \['k9'\]"):
+        DepthStudyConfig(methods=("baseline", "k9"))
+    with pytest.raises(ValueError, match="K must be >= 2"):
+        DepthStudyConfig(ks=(1, 2))
+    code = main(["depth-study", "--out", str(tmp_path / "b"), "--methods", "baseline", "k7"])
+    assert code == 2 and "unknown method" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_in_process_result(tmp_path):
+    pytest.importorskip("ray")
+    cfg = DepthStudyConfig(problems_per_k=1, ks=(2,), hidden=(8, 8, 8), n_train=40, epochs=1, batch_size=20,
+                           grid_resolution=16, mmlb_samples=1000, problems_per_shard=1, methods=("baseline", "k1"))
+    run_depth_study(cfg, tmp_path / "local", progress=False)
+    run_depth_study(cfg, tmp_path / "ray", executor="ray", progress=False)
+    assert (tmp_path / "local" / "results.csv").read_text() == (tmp_path / "ray" / "results.csv").read_text()
+
+
+def test_quick_preset_is_the_paper_setting_scaled_down():
+    paper, quick = PRESETS["paper"], PRESETS["quick"]
+    assert (paper.problems_per_k, paper.ks, paper.hidden, paper.epochs, paper.batch_size, paper.alpha, paper.n_train) == (
+        100, (2, 3, 4, 5), (512, 512, 512), 20, 50, 0.5, 1000)
+    assert quick.methods == paper.methods and quick.epochs == paper.epochs
+
+
+def test_tiny_confmix_study(tmp_path, capsys):
+    methods = ("erm", "input-confmix", "manifold-ramp-up")
+    code = main(["confmix-study", "--dataset", "digits", "--seeds", "2", "--epochs", "2", "--warmup-epochs", "1",
+                 "--batch-size", "128", "--out", str(tmp_path), "--no-progress", "--methods", *methods])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = _csv(tmp_path / "results.csv")
+    assert len(rows) == 6 and all(0 <= float(r["test_acc"]) <= 1 for r in rows)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Input ConfMix" in summary and "+3.4" in summary
+    assert (tmp_path / "alpha.png").stat().st_size > 0
+    assert set(out["result"]) == {"input-confmix", "manifold-ramp-up"}
+
+
+def test_confmix_study_bad_input(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown method"):
+        ConfMixStudyConfig(methods=("erm", "input-magic"))
+    assert main(["confmix-study", "--dataset", "cifar10", "--data-dir", str(tmp_path / "none"), "--out",
+                 str(tmp_path / "o"), "--seeds", "1", "--epochs", "1", "--no-progress"]) == 2
+    assert "cifar" in capsys.readouterr().err.lower()
