@@ -19,7 +19,8 @@ from matplotlib import colormaps
 
 from .toy import GaussianMixtureProblem, as_generator
 
-__all__ = ["class_colours", "plot_toy_problem", "figure2"]
+__all__ = ["class_colours", "plot_toy_problem", "figure2", "plot_alpha_trajectories", "plot_excess_by_quartile",
+           "plot_decision_grid"]
 
 
 def class_colours(num_classes: int) -> tuple[list, list]:
@@ -118,3 +119,78 @@ def figure2(out_path: "str | os.PathLike" = "docs/figure2.png", seed: int = 0, n
     ``seed``, with ``n_samples`` samples (seed + 1 for the samples). Returns the path."""
     problem = GaussianMixtureProblem.random(3, 5, seed)
     return plot_toy_problem(problem, n_samples, seed + 1, out_path)
+
+
+def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.0, 4.0)):
+    """A matplotlib Figure on the Agg canvas (no global pyplot state)."""
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def plot_alpha_trajectories(rows: list[dict], path) -> None:
+    """Mean alpha and mean lambda per epoch (averaged over seeds) for the ConfMix and ramp methods.
+
+    rows: study rows with ``method`` and ``policy`` (a list of {epoch, mean_alpha, mean_lambda}).
+    """
+    fig, axes = _figure(1, 2, (11.0, 4.0))
+    methods = sorted({r["method"] for r in rows if any(k in r["method"] for k in ("confmix", "ramp"))})
+    for m in methods:
+        hist = [r["policy"] for r in rows if r["method"] == m and r.get("policy")]
+        if not hist:
+            continue
+        epochs = [h["epoch"] for h in hist[0]]
+        for ax, key in zip(axes[0], ("mean_alpha", "mean_lambda")):
+            vals = np.array([[h[key] for h in run] for run in hist if len(run) == len(epochs)])
+            style = "-" if m.startswith("manifold") else "--"
+            ax.plot(epochs, vals.mean(0), style, label=m)
+    for ax, title in zip(axes[0], ("mean alpha per epoch", "mean lambda per epoch")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("alpha")
+    axes[0][1].set_ylabel("lambda")
+    axes[0][1].legend(fontsize=7, loc="best")
+    _save(fig, path, 150)
+
+
+def plot_excess_by_quartile(table: dict, path, paper_label: str = "") -> None:
+    """Figure 3: mean excess risk per normalised-MMLB quartile, one line per method, with intervals.
+
+    table: {method: [(quartile label, mean, low, high), ...]}.
+    """
+    fig, axes = _figure(1, 1, (7.0, 4.5))
+    ax = axes[0][0]
+    n = len(table)
+    for j, (method, points) in enumerate(table.items()):
+        xs = [i + (j - (n - 1) / 2) * 0.08 for i in range(len(points))]
+        means = [p[1] for p in points]
+        err = [[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]]
+        ax.errorbar(xs, means, yerr=err, marker="o", capsize=3, label=method)
+    labels = [p[0] for p in next(iter(table.values()))]
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlabel("normalised MMLB quartile")
+    ax.set_ylabel("excess risk (percentage points)")
+    ax.set_title("Excess risk against normalised MMLB quartile" + (f" ({paper_label})" if paper_label else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path, 150)
+
+
+def plot_decision_grid(panels: list[tuple[str, object, object]], x, y, extent, path) -> None:
+    """Figure 1: decision regions of several models, one panel each, with the training points.
+
+    panels: (title, xx [R, R] grid coordinates unused, labels [R, R]) tuples; x [n, 2], y [n];
+    extent: (xmin, xmax, ymin, ymax) of the label grids.
+    """
+    n = len(panels)
+    fig, axes = _figure(1, n, (3.2 * n, 3.4))
+    for ax, (title, _, labels) in zip(axes[0], panels):
+        ax.imshow(np.asarray(labels), origin="lower", extent=extent, cmap="coolwarm", alpha=0.35, aspect="auto",
+                  interpolation="nearest")
+        ax.scatter(np.asarray(x)[:, 0], np.asarray(x)[:, 1], c=np.asarray(y), cmap="coolwarm", s=4, edgecolors="none")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    _save(fig, path, 150)

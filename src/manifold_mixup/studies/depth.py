@@ -27,6 +27,11 @@ PAPER_TABLE1 = {"baseline": 18.1, "k0": 16.5, "k1": 14.7, "k2": 13.8, "k3": 13.2
 LABELS = {"baseline": "Baseline", "k0": "Mixup 0", "k1": "Mixup 1", "k2": "Mixup 2", "k3": "Mixup 3"}
 
 
+def method_names(depth: int) -> list[str]:
+    """'baseline' (ERM) and 'k0' (input) .. 'k{depth}'."""
+    return ["baseline"] + [f"k{k}" for k in range(depth + 1)]
+
+
 @dataclass(frozen=True)
 class DepthStudyConfig:
     """Every setting of the depth study (the ``paper`` preset is DESIGN.md's Table 1 setting)."""
@@ -80,11 +85,6 @@ PRESETS = {
     "quick": DepthStudyConfig(problems_per_k=8, hidden=(128, 128, 128), grid_resolution=64, mmlb_samples=40_000,
                               problems_per_shard=4),
 }
-
-
-def method_names(depth: int) -> list[str]:
-    """'baseline' (ERM) and 'k0' (input) .. 'k{depth}'."""
-    return ["baseline"] + [f"k{k}" for k in range(depth + 1)]
 
 
 def _mix_layer(method: str) -> int | None:
