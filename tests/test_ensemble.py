@@ -137,8 +137,12 @@ def test_chunking_and_determinism():
     many = train_ensemble(x, y, ks, specs, small, progress=seen.append)
     assert len(seen) > 2 and seen[-1] == 5
     again = train_ensemble(x, y, ks, specs, cfg)
-    for a, b, c in zip(one.weights + one.biases, many.weights + many.biases, again.weights + again.biases):
-        assert torch.allclose(a, b, atol=1e-5) and torch.equal(a, c)
+    pooled = train_ensemble(x, y, ks, specs, EnsembleConfig(epochs=2, batch_size=BATCH, hidden=HIDDEN,
+                                                            memory_budget=200_000, workers=2))
+    for a, b, c, d in zip(one.weights + one.biases, many.weights + many.biases, again.weights + again.biases,
+                          pooled.weights + pooled.biases):
+        assert torch.allclose(a, b, atol=1e-5) and torch.equal(a, c) and torch.allclose(a, d, atol=1e-5)
+    assert torch.allclose(one.losses, pooled.losses, atol=1e-5)
 
 
 def test_predict_matches_sequential():

@@ -46,7 +46,10 @@ stacked tensors, which is elementwise and thus equal to M separate optimisers.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,8 +76,16 @@ PLAN_STREAM = 0x6D6978  # "mix"
 #: added to padded logits: exp() of it is exactly 0, and unlike -inf it keeps 0 * log p = 0.
 _PAD_LOGIT = -1e30
 
-#: members per chunk when the memory budget allows more (measured on a 2-core CPU: see BENCHMARKS.md).
-DEFAULT_CHUNK = 16
+#: members per chunk when the memory budget allows more. On the CPU small chunks keep a chunk's
+#: weights and optimiser state cache-resident (measured on a 2-core CPU, 1 thread: 64 GFLOP/s with
+#: 2-4 members, 54 with 16-32; see BENCHMARKS.md); on a GPU larger chunks fill the device.
+#: CPU runs with worker processes need the usual ``if __name__ == "__main__":`` guard in scripts
+#: (processes are started with "spawn").
+DEFAULT_CHUNK = {"cpu": 4, "cuda": 256}
+
+#: auto worker processes (``workers=None``) only when the run is at least this many GFLOP
+#: (starting a worker costs about a second).
+AUTO_WORKERS_MIN_GFLOP = 500.0
 
 
 @dataclass(frozen=True)
@@ -94,8 +105,14 @@ class EnsembleConfig:
     optimizer: 'adam' (betas, eps as torch.optim.Adam) or 'sgd' (with ``momentum``).
     memory_budget: bytes one chunk of members may use (parameters, gradients, optimiser state,
     the epoch's data and activations); members are trained chunk by chunk.
-    chunk_models: members per chunk (None: the budget's maximum, capped at DEFAULT_CHUNK).
+    chunk_models: members per chunk (None: the budget's maximum, capped at DEFAULT_CHUNK[device type]).
     dtype: torch.float32 (default) or torch.float64.
+    workers: CPU only: worker processes that train chunks in parallel, each with
+    ``threads_per_worker`` threads (default cpu_count // workers). None = automatic: one per CPU core
+    when the run is large (>= AUTO_WORKERS_MIN_GFLOP), else 1 (in-process). Several one-thread
+    processes beat one process with several threads on these small GEMMs, and are robust to other
+    load on the machine (a preempted OpenMP thread stalls every parallel op). Results are the same
+    up to float rounding whatever the workers (GEMM summation order may depend on threads).
     """
 
     epochs: int = 20
@@ -109,6 +126,8 @@ class EnsembleConfig:
     memory_budget: int = 1 << 30
     chunk_models: int | None = None
     dtype: torch.dtype = torch.float32
+    workers: int | None = None
+    threads_per_worker: int | None = None
 
 
 @dataclass
@@ -173,6 +192,10 @@ def _check_config(config: EnsembleConfig) -> None:
         raise ValueError(f"config.dtype must be torch.float32 or torch.float64; got {config.dtype}")
     if config.chunk_models is not None and (not isinstance(config.chunk_models, int) or config.chunk_models < 1):
         raise ValueError(f"config.chunk_models must be None or an integer >= 1; got {config.chunk_models!r}")
+    for name in ("workers", "threads_per_worker"):
+        v = getattr(config, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"config.{name} must be None or an integer >= 1; got {v!r}")
 
 
 def _check_specs(specs: Sequence[MemberSpec], depth: int) -> None:
@@ -202,7 +225,7 @@ def _bytes_per_model(d: int, hidden: Sequence[int], k: int, n: int, batch: int, 
     return (copies * p + data + act) * item
 
 
-def chunk_size_for(d: int, k: int, n: int, config: EnsembleConfig) -> int:
+def chunk_size_for(d: int, k: int, n: int, config: EnsembleConfig, device_type: str = "cpu") -> int:
     """Members per chunk for this budget (raises ValueError if even one member does not fit)."""
     per = _bytes_per_model(d, config.hidden, k, n, config.batch_size, config)
     fit = config.memory_budget // per
@@ -211,7 +234,7 @@ def chunk_size_for(d: int, k: int, n: int, config: EnsembleConfig) -> int:
             f"config.memory_budget = {config.memory_budget} bytes is too small for one member, which needs "
             f"about {per} bytes (sizes {[d, *config.hidden, k]}, n = {n}); raise it to at least {per}"
         )
-    return int(min(fit, config.chunk_models or DEFAULT_CHUNK))
+    return int(min(fit, config.chunk_models or DEFAULT_CHUNK.get(device_type, DEFAULT_CHUNK["cpu"])))
 
 
 # -- training --------------------------------------------------------------------------------
@@ -349,7 +372,7 @@ def train_ensemble(
         raise ValueError(f"labels of member {i} must lie in [0, {ks[i]}); got y[{i}, {j}] = {int(y[i, j])}")
     device = torch.device(device) if device is not None else x.device
     kmax = max(ks)
-    per_chunk = chunk_size_for(d, kmax, n, config)
+    per_chunk = chunk_size_for(d, kmax, n, config, device.type)
 
     # sort members by mixing layer (stable) so that each layer's members are contiguous in a chunk
     key = lambda i: -1 if specs[i].mix_layer is None else specs[i].mix_layer  # noqa: E731
@@ -359,10 +382,13 @@ def train_ensemble(
     W_out = [torch.zeros(M, o, i, dtype=dt) for i, o in zip(sizes_all[:-1], sizes_all[1:])]
     b_out = [torch.zeros(M, o, dtype=dt) for o in sizes_all[1:]]
     losses = torch.zeros(M, config.epochs, dtype=torch.float64)
+    chunks = [order[c0 : c0 + per_chunk] for c0 in range(0, M, per_chunk)]
+    workers = _n_workers(config, device, len(chunks), M, d, ks, n)
     done = 0
-    for c0 in range(0, M, per_chunk):
-        idx = order[c0 : c0 + per_chunk]
-        Wc, bc, lc = _train_chunk(x, y, ks, specs, idx, config, device)
+
+    def collect(idx: list[int], result) -> None:
+        nonlocal done
+        Wc, bc, lc = result
         it = torch.tensor(idx)
         for l in range(len(W_out)):
             W_out[l][it, : Wc[l].shape[1]] = Wc[l]
@@ -374,7 +400,37 @@ def train_ensemble(
                 progress.update(len(idx))
             else:
                 progress(done)
+
+    if workers <= 1:
+        for idx in chunks:
+            collect(idx, _train_chunk(x, y, ks, specs, idx, config, device))
+    else:
+        threads = config.threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            futures = {}
+            for idx in chunks:
+                it = torch.tensor(idx)
+                sub_specs = [specs[i] for i in idx]
+                sub_ks = [ks[i] for i in idx]
+                fut = pool.submit(_train_chunk, x[it].cpu(), y[it].cpu(), sub_ks, sub_specs,
+                                  list(range(len(idx))), config, torch.device("cpu"))
+                futures[fut] = idx
+            for fut in as_completed(futures):
+                collect(futures[fut], fut.result())
     return EnsembleParams(W_out, b_out, ks, tuple(config.hidden), losses)
+
+
+def _n_workers(config: EnsembleConfig, device: torch.device, n_chunks: int, M: int, d: int, ks: list[int], n: int) -> int:
+    """Worker processes to use: config.workers, or automatic (see EnsembleConfig)."""
+    if device.type != "cpu":
+        return 1
+    if config.workers is not None:
+        return min(config.workers, n_chunks)
+    cores = os.cpu_count() or 1
+    sizes = [d, *config.hidden]
+    gflop = 6 * n * config.epochs * sum(sum(i * o for i, o in zip(sizes[:-1], sizes[1:])) + sizes[-1] * k for k in ks) / 1e9
+    return min(cores, n_chunks) if gflop >= AUTO_WORKERS_MIN_GFLOP else 1
 
 
 def _train_chunk(x, y, ks, specs, idx, config: EnsembleConfig, device) -> tuple[list[Tensor], list[Tensor], Tensor]:
