@@ -96,12 +96,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--chunk", type=int, default=None, help="members per chunk (default: the trainer's)")
     ap.add_argument("--threads", type=int, default=None, help="threads of this process (and per worker)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count(),
-                    help="worker processes (default: one per core, what the trainer's auto picks for a full run)")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes (default 1: in-process)")
     ap.add_argument("--plain-models", type=int, default=5, help="members timed in the plain loop")
     ap.add_argument("--plain-epochs", type=int, default=1)
     args = ap.parse_args()
-    if args.threads:
+    if args.threads and args.workers <= 1:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     x, y, ks, specs = workload(args.models)
@@ -158,7 +157,7 @@ def main() -> None:
         "fraction_of_sgemm_peak": round(gflops / max(sgemm, sgemm_after), 3),
         "plain_loop_seconds_per_member": round(plain_per_member, 3),
         "plain_loop_optimizer": f"torch.optim.Adam({best_impl}=True)",
-        "plain_loop_layout": (f"{best_th} thread(s) in-process" if best_th > 1 or cores == 1 else
+        "plain_loop_layout": (f"{best_th} thread(s) in-process" if best_th > 1 or threads0 == 1 else
                               f"1 thread, scaled ideally x{cores} cores (one plain loop per core)"),
         "plain_loop_seconds_per_member_all": {f"{k[0]},{k[1]}thr": round(v * args.epochs, 3) for k, v in plain.items()},
         "plain_loop_members_timed": pm,

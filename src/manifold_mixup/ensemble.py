@@ -83,9 +83,7 @@ _PAD_LOGIT = -1e30
 #: (processes are started with "spawn").
 DEFAULT_CHUNK = {"cpu": 4, "cuda": 256}
 
-#: auto worker processes (``workers=None``) only when the run is at least this many GFLOP
-#: (starting a worker costs about a second).
-AUTO_WORKERS_MIN_GFLOP = 500.0
+
 
 
 @dataclass(frozen=True)
@@ -107,12 +105,11 @@ class EnsembleConfig:
     the epoch's data and activations); members are trained chunk by chunk.
     chunk_models: members per chunk (None: the budget's maximum, capped at DEFAULT_CHUNK[device type]).
     dtype: torch.float32 (default) or torch.float64.
-    workers: CPU only: worker processes that train chunks in parallel, each with
-    ``threads_per_worker`` threads (default cpu_count // workers). None = automatic: one per CPU core
-    when the run is large (>= AUTO_WORKERS_MIN_GFLOP), else 1 (in-process). Several one-thread
-    processes beat one process with several threads on these small GEMMs, and are robust to other
-    load on the machine (a preempted OpenMP thread stalls every parallel op). Results are the same
-    up to float rounding whatever the workers (GEMM summation order may depend on threads).
+    workers: CPU only: worker processes ("spawn") that train chunks in parallel, each with
+    ``threads_per_worker`` threads (default cpu_count // workers). None or 1: in-process. On the
+    shared 2-core test machine two one-thread workers were no faster than one in-process thread
+    (each worker ran at half speed, plus ~4 s to start and stop the pool; see BENCHMARKS.md), so the
+    default is in-process. Results are the same up to float rounding whatever the workers.
     """
 
     epochs: int = 20
@@ -422,15 +419,10 @@ def train_ensemble(
 
 
 def _n_workers(config: EnsembleConfig, device: torch.device, n_chunks: int, M: int, d: int, ks: list[int], n: int) -> int:
-    """Worker processes to use: config.workers, or automatic (see EnsembleConfig)."""
+    """Worker processes to use (see EnsembleConfig.workers)."""
     if device.type != "cpu":
         return 1
-    if config.workers is not None:
-        return min(config.workers, n_chunks)
-    cores = os.cpu_count() or 1
-    sizes = [d, *config.hidden]
-    gflop = 6 * n * config.epochs * sum(sum(i * o for i, o in zip(sizes[:-1], sizes[1:])) + sizes[-1] * k for k in ks) / 1e9
-    return min(cores, n_chunks) if gflop >= AUTO_WORKERS_MIN_GFLOP else 1
+    return min(config.workers or 1, n_chunks)
 
 
 def _train_chunk(x, y, ks, specs, idx, config: EnsembleConfig, device) -> tuple[list[Tensor], list[Tensor], Tensor]:
