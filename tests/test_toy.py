@@ -34,10 +34,14 @@ def linear_rule(k: int, seed: int):
 
 
 def small_mlp(k: int, seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)  # test-local: the model's init is not part of the library
-    return torch.nn.Sequential(
+    m = torch.nn.Sequential(
         torch.nn.Linear(2, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, k)
     )
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.uniform_(-0.5, 0.5, generator=g)
+    return m
 
 
 # ---------------------------------------------------------------- exact values
