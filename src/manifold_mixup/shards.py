@@ -167,6 +167,15 @@ def run_shards(
     return store.rows(shards)
 
 
+def _call_single_threaded(worker: Callable[[dict], list[dict]], payload: dict) -> list[dict]:
+    """Run a shard in a Ray worker with one torch thread: Ray gives each task one CPU, and
+    several multi-threaded workers on the same cores stall each other's parallel ops."""
+    import torch
+
+    torch.set_num_threads(1)
+    return worker(payload)
+
+
 def _run_ray(store: ShardStore, pending: Sequence[Shard], worker: Callable, address: str | None, bar: Any) -> None:
     try:
         import ray
@@ -179,8 +188,8 @@ def _run_ray(store: ShardStore, pending: Sequence[Shard], worker: Callable, addr
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         started = True
     try:
-        remote = ray.remote(worker)
-        futures = {remote.remote(s.payload): s for s in pending}
+        remote = ray.remote(num_cpus=1)(_call_single_threaded)
+        futures = {remote.remote(worker, s.payload): s for s in pending}
         while futures:
             ready, _ = ray.wait(list(futures), num_returns=1)
             for ref in ready:
