@@ -54,7 +54,8 @@ def test_confmix_warmup_gives_lambda_one_exactly_then_mixes():
     assert (mixer.last_plan.lam < 1).any()
     hist = pol.history()
     assert [h["epoch"] for h in hist] == [0, 1, 2]
-    assert hist[0]["mean_alpha"] == 0 and hist[0]["mean_lambda"] == 1
+    assert hist[0]["mean_alpha"] == 0 and hist[0]["mean_lambda"] == 1 and hist[0]["mean_partner_weight"] == 0
+    assert 0 < hist[2]["mean_partner_weight"] <= 0.5
     assert 0 < hist[2]["mean_alpha"] <= 1
 
 

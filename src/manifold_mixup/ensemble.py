@@ -231,7 +231,13 @@ def chunk_size_for(d: int, k: int, n: int, config: EnsembleConfig, device_type: 
             f"config.memory_budget = {config.memory_budget} bytes is too small for one member, which needs "
             f"about {per} bytes (sizes {[d, *config.hidden, k]}, n = {n}); raise it to at least {per}"
         )
-    return int(min(fit, config.chunk_models or DEFAULT_CHUNK.get(device_type, DEFAULT_CHUNK["cpu"])))
+    if config.chunk_models:
+        return int(min(fit, config.chunk_models))
+    # the defaults were measured at width 512; narrower members need more of them per step to
+    # amortise the per-op overhead (same work per step: scale by (512 / width)^2, at most 16x)
+    base = DEFAULT_CHUNK.get(device_type, DEFAULT_CHUNK["cpu"])
+    widen = min(16.0, (512 / max(config.hidden)) ** 2) if config.hidden else 1.0
+    return int(min(fit, max(base, round(base * widen))))
 
 
 # -- training --------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .mixing import MixPlan, draw_plan, identity_plan, mix, mix_targets
+import numpy as np
+
+from .mixing import MixPlan, PlanSampler, check_label_range, identity_plan, mix, mix_targets
 from .policies import AlphaPolicy, ConfMix, as_policy
 
 __all__ = ["ManifoldMixup", "LastPlan"]
@@ -69,7 +71,8 @@ class ManifoldMixup(nn.Module):
     layers: a name or names from ``model.named_modules()``, or ``"input"`` for input mixup.
     alpha: a number >= 0 (lambda ~ Beta(alpha, alpha); 0 = no mixing) or an ``AlphaPolicy``.
     per_sample: one lambda per row (True) or one per batch (False).
-    generator: a CPU ``torch.Generator``; every draw (layer, permutation, lambda) comes from it.
+    generator: a CPU ``torch.Generator`` (or an int seed); one draw from it seeds the stream from
+      which every layer, permutation and lambda is drawn, so the same seed replays the same run.
     layer_weights: probabilities of drawing each layer (default uniform).
     select: for layers whose output is a tuple/list/dict, ``{name: index | key | fn}``.
     num_classes: K, to check labels before the forward; otherwise taken from the logits.
@@ -108,7 +111,7 @@ class ManifoldMixup(nn.Module):
                 raise ValueError(
                     f"layer_weights must be {len(self.layers)} finite non-negative numbers with a positive sum; got {list(layer_weights)}"
                 )
-        self._weights = weights.double() / weights.sum()
+        self._weights = (weights.double() / weights.sum()).numpy()
         self.policy = as_policy(alpha)
         if isinstance(self.policy, ConfMix) and not per_sample:
             raise ValueError("ConfMix sets alpha per sample: it needs per_sample=True")
@@ -118,6 +121,7 @@ class ManifoldMixup(nn.Module):
             raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}")
         self.per_sample = per_sample
         self.generator = generator
+        self._sampler: PlanSampler | None = None  # seeded at the first training call
         self.select = dict(select or {})
         for name in self.select:
             if name not in self.layers:
@@ -211,9 +215,8 @@ class ManifoldMixup(nn.Module):
         if index is not None and index.shape[0] != b:
             raise ValueError(f"index has batch size {index.shape[0]} but the input has {b}")
         k = self.num_classes
-        if k is not None and not y.dtype.is_floating_point and y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
-            bad = y[(y < 0) | (y >= k)][0].item()
-            raise ValueError(f"labels must lie in [0, {k}); got {bad}")
+        if k is not None and not y.dtype.is_floating_point:
+            check_label_range(y, k)
         if not self.model.training:
             logits = self.model(x)
             targets = mix_targets(y.to(logits.device), identity_plan(b, logits.device), logits.shape[-1], self.label_smoothing)
@@ -229,18 +232,21 @@ class ManifoldMixup(nn.Module):
             if plan.batch_size != b:
                 raise ValueError(f"the plan is for a batch of {plan.batch_size} but the input has {b} rows")
             return self._mixed_forward(x, y, index, plan.to(x.device), layer)
-        layer = self.layers[int(torch.multinomial(self._weights, 1, generator=self.generator))]
+        if self._sampler is None:
+            self._sampler = PlanSampler(self.generator)
+        sampler = self._sampler
+        layer = self.layers[sampler.choice(self._weights)]
         pol = self.policy
         if isinstance(pol, ConfMix):
             if pol.in_warmup:
-                alpha = torch.zeros(b)
+                alpha = np.zeros(b)
             else:
                 conf, k_seen = self._confidence(x, index, k)
-                alpha = pol.confmix_alpha(conf, k_seen)
-            plan = draw_plan(b, pol.beta_parameter(alpha), generator=self.generator)
+                alpha = pol.confmix_alpha(conf, k_seen).double().numpy()
+            plan = sampler.plan(b, pol.beta_parameter(alpha))
         else:
             alpha = pol.alpha(b)
-            plan = draw_plan(b, alpha, per_sample=self.per_sample, generator=self.generator)
+            plan = sampler.plan(b, alpha, self.per_sample)
         pol.record(alpha, plan.lam)
         return self._mixed_forward(x, y, index, plan.to(x.device), layer)
 

@@ -23,6 +23,7 @@ from torch import Tensor
 
 __all__ = [
     "MixPlan",
+    "PlanSampler",
     "check_alpha",
     "sample_lambda",
     "draw_plan",
@@ -74,10 +75,51 @@ def check_alpha(alpha: float | Tensor, name: str = "alpha") -> None:
         raise ValueError(f"{name} must be finite and >= 0 (0 means no mixing); got {alpha}")
 
 
-def _numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
-    """A numpy generator seeded from one draw of the torch generator (torch has no seeded Beta)."""
-    seed = torch.randint(0, 2**62, (1,), generator=generator).item()
-    return np.random.default_rng(seed)
+def _beta_rows(rng: np.random.Generator, a: np.ndarray) -> np.ndarray:
+    """lambda_i ~ Beta(a_i, a_i) for a float64 array a >= 0; lambda_i = 1 exactly where a_i = 0."""
+    lam = np.ones_like(a)
+    on = a > 0
+    if on.all():
+        lam = rng.beta(a, a)
+    elif on.any():
+        lam[on] = rng.beta(a[on], a[on])
+    return lam
+
+
+class PlanSampler:
+    """Draws mixing plans from one numpy stream seeded once from a torch generator.
+
+    torch has no seeded Beta sampler, so lambda comes from numpy's PCG64. Seeding it once (from
+    one draw of ``generator``, or from an int) and keeping it keeps a training step's random work
+    to a few microseconds, while the same generator seed still gives the same sequence of plans.
+    """
+
+    def __init__(self, generator: torch.Generator | int | None = None) -> None:
+        if isinstance(generator, int):
+            seed = generator
+        else:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        self.rng = np.random.default_rng(seed)
+
+    def lam(self, alpha: float | np.ndarray, batch_size: int, per_sample: bool = True) -> np.ndarray:
+        """float64 [batch_size] lambdas; alpha a number or a float64 array [batch_size] (already checked)."""
+        if isinstance(alpha, np.ndarray):
+            return _beta_rows(self.rng, alpha)
+        if not per_sample:
+            return np.repeat(_beta_rows(self.rng, np.array([float(alpha)])), batch_size)
+        return _beta_rows(self.rng, np.full(batch_size, float(alpha)))
+
+    def plan(self, batch_size: int, alpha: float | np.ndarray, per_sample: bool = True) -> MixPlan:
+        """A permutation, then lambdas, as CPU tensors (int64 [B], float32 [B])."""
+        perm = torch.from_numpy(self.rng.permutation(batch_size))
+        lam = torch.from_numpy(self.lam(alpha, batch_size, per_sample).astype(np.float32))
+        return MixPlan(perm, lam)
+
+    def choice(self, probs: np.ndarray) -> int:
+        """An index drawn with the given probabilities (no draw when there is one choice)."""
+        if len(probs) == 1:
+            return 0
+        return min(int(np.searchsorted(np.cumsum(probs), self.rng.random(), side="right")), len(probs) - 1)
 
 
 def sample_lambda(
@@ -91,6 +133,7 @@ def sample_lambda(
 
     alpha: a number, or a Tensor [batch_size] of per-sample values (per_sample must be True).
     Rows whose alpha is 0 get lambda = 1 exactly. per_sample=False draws one value for the batch.
+    Uses one draw of ``generator`` to seed the Beta sampler (see ``PlanSampler``).
     """
     check_alpha(alpha)
     if batch_size < 1:
@@ -100,15 +143,10 @@ def sample_lambda(
             raise ValueError("per-sample alpha values need per_sample=True")
         if alpha.shape != (batch_size,):
             raise ValueError(f"alpha has shape {tuple(alpha.shape)}; expected [{batch_size}]")
-        a = alpha.detach().to("cpu", torch.float64).numpy()
-    else:
-        a = np.full(batch_size if per_sample else 1, float(alpha))
-    lam = np.ones_like(a)
-    on = a > 0
-    if on.any():
-        lam[on] = _numpy_rng(generator).beta(a[on], a[on])
-    out = torch.from_numpy(lam).to(torch.float32)
-    return out if per_sample else out.expand(batch_size).clone()
+        alpha = alpha.detach().to("cpu", torch.float64).numpy()
+    elif isinstance(alpha, Tensor):
+        alpha = float(alpha)
+    return torch.from_numpy(PlanSampler(generator).lam(alpha, batch_size, per_sample).astype(np.float32))
 
 
 def draw_plan(
@@ -136,9 +174,9 @@ def mix(h: Tensor, plan: MixPlan) -> Tensor:
             f"cannot mix a tensor of shape {tuple(h.shape)} with a plan for a batch of {plan.batch_size}: "
             "the mixed tensor must be batch-first"
         )
-    lam = plan.lam.to(device=h.device, dtype=h.dtype).reshape((-1,) + (1,) * (h.ndim - 1))
+    lam = plan.lam.to(device=h.device, dtype=h.dtype).view((-1,) + (1,) * (h.ndim - 1))
     # lerp(a, b, w) = a + w (b - a), one fused kernel; exact at w = 1 (gives b) and w = 0 (gives a)
-    return torch.lerp(h[plan.perm.to(h.device)], h, lam)
+    return torch.lerp(torch.index_select(h, 0, plan.perm.to(h.device)), h, lam)
 
 
 def _check_labels(y: Tensor, num_classes: int) -> None:
@@ -150,7 +188,15 @@ def _check_labels(y: Tensor, num_classes: int) -> None:
         return
     if y.ndim != 1:
         raise ValueError(f"class-index targets must have shape [B]; got {tuple(y.shape)}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+    check_label_range(y, num_classes)
+
+
+def check_label_range(y: Tensor, num_classes: int) -> None:
+    """Raise ValueError naming the first label of y [B] outside [0, num_classes)."""
+    if not y.numel():
+        return
+    lo, hi = torch.aminmax(y)
+    if int(lo) < 0 or int(hi) >= num_classes:
         bad = y[(y < 0) | (y >= num_classes)][0].item()
         raise ValueError(f"labels must lie in [0, {num_classes}); got {bad}")
 
@@ -181,7 +227,7 @@ def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean over rows of ``-sum_k targets[k] * log_softmax(logits)[k]``; logits and targets [B, K]."""
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape")
-    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+    return F.cross_entropy(logits.float(), targets.float())
 
 
 def mixed_cross_entropy(logits: Tensor, y: Tensor, plan: MixPlan, label_smoothing: float = 0.0) -> Tensor:

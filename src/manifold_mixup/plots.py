@@ -130,9 +130,10 @@ def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.0, 4.
 
 
 def plot_alpha_trajectories(rows: list[dict], path) -> None:
-    """Mean alpha and mean lambda per epoch (averaged over seeds) for the ConfMix and ramp methods.
+    """Mean alpha and mixing strength (mean min(lambda, 1 - lambda)) per epoch, averaged over
+    seeds, for the ConfMix and ramp methods.
 
-    rows: study rows with ``method`` and ``policy`` (a list of {epoch, mean_alpha, mean_lambda}).
+    rows: study rows with ``method`` and ``policy`` (a list of {epoch, mean_alpha, mean_partner_weight}).
     """
     fig, axes = _figure(1, 2, (11.0, 4.0))
     methods = sorted({r["method"] for r in rows if any(k in r["method"] for k in ("confmix", "ramp"))})
@@ -141,16 +142,16 @@ def plot_alpha_trajectories(rows: list[dict], path) -> None:
         if not hist:
             continue
         epochs = [h["epoch"] for h in hist[0]]
-        for ax, key in zip(axes[0], ("mean_alpha", "mean_lambda")):
+        for ax, key in zip(axes[0], ("mean_alpha", "mean_partner_weight")):
             vals = np.array([[h[key] for h in run] for run in hist if len(run) == len(epochs)])
             style = "-" if m.startswith("manifold") else "--"
             ax.plot(epochs, vals.mean(0), style, label=m)
-    for ax, title in zip(axes[0], ("mean alpha per epoch", "mean lambda per epoch")):
+    for ax, title in zip(axes[0], ("mean alpha per epoch", "mixing strength: mean min(lambda, 1 - lambda)")):
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("alpha")
-    axes[0][1].set_ylabel("lambda")
+    axes[0][1].set_ylabel("weight of the partner row")
     axes[0][1].legend(fontsize=7, loc="best")
     _save(fig, path, 150)
 

@@ -25,13 +25,14 @@ Complete example loop (``mixer`` a ``ManifoldMixup``)::
             logits, targets = mixer(x, y, index=idx)   # index only for ConfMix(confidence="cached")
             loss = mm.soft_cross_entropy(logits, targets)
             opt.zero_grad(); loss.backward(); opt.step()
-    mixer.policy.history()   # [{'epoch': 0, 'mean_alpha': ..., 'mean_lambda': ..., 'rows': ...}, ...]
+    mixer.policy.history()   # [{'epoch': 0, 'mean_alpha': ..., 'mean_lambda': ..., 'mean_partner_weight': ...}, ...]
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -62,19 +63,26 @@ class AlphaPolicy:
         """alpha for the next batch: a number, or a Tensor [batch_size] of per-sample values."""
         return self.alpha_at(self.epoch)
 
-    def record(self, alpha: float | Tensor, lam: Tensor) -> None:
+    def record(self, alpha: float | np.ndarray | Tensor, lam: np.ndarray | Tensor) -> None:
         """Add one batch to the per-epoch statistics (alpha as given to the rows, lambda drawn)."""
-        n = lam.numel()
-        a = float(alpha.float().mean()) if isinstance(alpha, Tensor) else float(alpha)
-        s = self._sums.setdefault(int(self.epoch), [0.0, 0.0, 0])
+        lam = lam.detach().cpu().numpy() if isinstance(lam, Tensor) else np.asarray(lam)
+        n = lam.size
+        if isinstance(alpha, Tensor):
+            alpha = alpha.detach().cpu().numpy()
+        a = float(np.mean(alpha)) if isinstance(alpha, np.ndarray) else float(alpha)
+        s = self._sums.setdefault(int(self.epoch), [0.0, 0.0, 0.0, 0])
         s[0] += a * n
-        s[1] += float(lam.float().sum())
-        s[2] += n
+        s[1] += float(lam.sum(dtype=np.float64))
+        s[2] += float(np.minimum(lam, 1 - lam).sum(dtype=np.float64))
+        s[3] += n
 
     def history(self) -> list[dict]:
-        """Per epoch: mean alpha, mean lambda and the number of rows seen."""
+        """Per epoch: mean alpha, mean lambda, mean partner weight min(lambda, 1 - lambda)
+        (0 = no mixing, 1/2 = even mixes; the mean of lambda itself is 1/2 whenever alpha > 0)
+        and the number of rows seen."""
         return [
-            {"epoch": e, "mean_alpha": s[0] / s[2], "mean_lambda": s[1] / s[2], "rows": s[2]}
+            {"epoch": e, "mean_alpha": s[0] / s[3], "mean_lambda": s[1] / s[3], "mean_partner_weight": s[2] / s[3],
+             "rows": s[3]}
             for e, s in sorted(self._sums.items())
         ]
 
@@ -131,9 +139,9 @@ def confmix_alpha(confidence: Tensor, num_classes: int) -> Tensor:
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"ConfMix needs num_classes K >= 2; got {num_classes!r}")
-    if confidence.numel() and (torch.isnan(confidence).any() or (confidence < 0).any() or (confidence > 1).any()):
-        bad = confidence[torch.isnan(confidence) | (confidence < 0) | (confidence > 1)][0].item()
-        raise ValueError(f"confidences must lie in [0, 1]; got {bad}")
+    outside = ~((confidence >= 0) & (confidence <= 1))  # NaN fails both comparisons
+    if outside.any():
+        raise ValueError(f"confidences must lie in [0, 1]; got {confidence[outside][0].item()}")
     k = num_classes
     return (k / (k - 1) * (confidence - 1.0 / k)).clamp(0.0, 1.0)
 
@@ -164,7 +172,7 @@ class ConfMix(AlphaPolicy):
         self.warmup_epochs = warmup_epochs
         self.half = bool(half)
         self.confidence = confidence
-        self._cache: Tensor | None = None  # [n_samples] max softmax, NaN where unseen
+        self._cache: np.ndarray | None = None  # float32 [n_samples] max softmax, NaN where unseen
 
     @property
     def in_warmup(self) -> bool:
@@ -183,25 +191,25 @@ class ConfMix(AlphaPolicy):
     # -- cached confidences -------------------------------------------------------------
     def cached_confidence(self, index: Tensor, num_classes: int) -> Tensor:
         """Confidences [B] for sample indices; unseen samples get 1/K (so alpha 0)."""
-        index = index.detach().cpu().long()
-        out = torch.full((index.shape[0],), 1.0 / num_classes)
+        idx = index.detach().cpu().numpy()
+        out = np.full(idx.shape[0], 1.0 / num_classes, dtype=np.float32)
         if self._cache is not None:
-            inside = index < self._cache.shape[0]
-            got = self._cache[index[inside]]
-            out[inside] = torch.where(torch.isnan(got), out[inside], got)
-        return out
+            inside = idx < self._cache.shape[0]
+            got = self._cache[idx[inside]]
+            out[inside] = np.where(np.isnan(got), out[inside], got)
+        return torch.from_numpy(out)
 
     def observe(self, index: Tensor, logits: Tensor) -> None:
         """Store max softmax of the training output rows under their sample indices."""
-        index = index.detach().cpu().long()
-        conf = torch.softmax(logits.detach().float(), -1).max(-1).values.cpu()
-        need = int(index.max()) + 1 if index.numel() else 0
+        idx = index.detach().cpu().numpy()
+        conf = torch.softmax(logits.detach().float(), -1).amax(-1).cpu().numpy()
+        need = int(idx.max()) + 1 if idx.size else 0
         if self._cache is None or self._cache.shape[0] < need:
-            grown = torch.full((max(need, 1),), float("nan"))
+            grown = np.full(max(need, 1), np.nan, dtype=np.float32)
             if self._cache is not None:
                 grown[: self._cache.shape[0]] = self._cache
             self._cache = grown
-        self._cache[index] = conf
+        self._cache[idx] = conf
 
 
 class HalfConfMix(ConfMix):
