@@ -82,8 +82,8 @@ class DepthStudyConfig:
 
 PRESETS = {
     "paper": DepthStudyConfig(),
-    "quick": DepthStudyConfig(problems_per_k=8, hidden=(128, 128, 128), grid_resolution=64, mmlb_samples=40_000,
-                              problems_per_shard=4),
+    "quick": DepthStudyConfig(problems_per_k=25, hidden=(128, 128, 128), grid_resolution=64, mmlb_samples=40_000,
+                              problems_per_shard=5),
 }
 
 
