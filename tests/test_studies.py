@@ -89,3 +89,12 @@ def test_confmix_study_bad_input(tmp_path, capsys):
     assert main(["confmix-study", "--dataset", "cifar10", "--data-dir", str(tmp_path / "none"), "--out",
                  str(tmp_path / "o"), "--seeds", "1", "--epochs", "1", "--no-progress"]) == 2
     assert "cifar" in capsys.readouterr().err.lower()
+
+
+def test_figure_commands_write_pngs(tmp_path, capsys):
+    assert main(["spiral-figure", "--out", str(tmp_path / "s"), "--epochs", "1"]) == 0
+    acc = json.loads(capsys.readouterr().out)["result"]
+    assert set(acc) == {"ERM", "input mixup (k = 0)", "manifold mixup, k = 1", "manifold mixup, k = 2", "manifold mixup, k = 3"}
+    assert (tmp_path / "s" / "spiral.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["figure2", "--out", str(tmp_path / "f2.png")]) == 0
+    assert (tmp_path / "f2.png").read_bytes()[:4] == b"\x89PNG"
