@@ -21,23 +21,8 @@ import time
 
 import torch
 
+import manifold_mixup as mm
 from manifold_mixup.toy import DEFAULT_MMLB_SAMPLES, GaussianMixtureProblem
-
-
-def paper_mlp(num_classes: int, seed: int) -> torch.nn.Sequential:
-    g = torch.Generator().manual_seed(seed)
-    layers: list[torch.nn.Module] = []
-    sizes = [2, 512, 512, 512, num_classes]
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        lin = torch.nn.Linear(a, b)
-        with torch.no_grad():
-            bound = 1.0 / a**0.5  # PyTorch's default init range, drawn from our generator
-            lin.weight.uniform_(-bound, bound, generator=g)
-            lin.bias.uniform_(-bound, bound, generator=g)
-        layers.append(lin)
-        if i < len(sizes) - 2:
-            layers.append(torch.nn.ReLU())
-    return torch.nn.Sequential(*layers).eval()
 
 
 def main() -> None:
@@ -51,7 +36,7 @@ def main() -> None:
     rows = []
     for i in range(args.problems):
         problem = GaussianMixtureProblem.random(args.classes, args.components, args.seed + i)
-        mlp = paper_mlp(args.classes, args.seed + i)
+        mlp = mm.mlp(args.classes, generator=torch.Generator().manual_seed(args.seed + i)).eval()
         t0 = time.perf_counter()
         r_star = problem.bayes_risk()
         t1 = time.perf_counter()

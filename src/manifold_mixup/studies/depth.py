@@ -24,6 +24,7 @@ from ..toy import DEFAULT_MEAN_RANGE, DEFAULT_SIGMA_RANGE, GaussianMixtureProble
 __all__ = ["DepthStudyConfig", "PRESETS", "PAPER_TABLE1", "run_depth_study", "problem_seeds", "method_names"]
 
 PAPER_TABLE1 = {"baseline": 18.1, "k0": 16.5, "k1": 14.7, "k2": 13.8, "k3": 13.2}
+REL_MIN_BAYES = 0.01  # relative excess risk is also averaged over problems with R* >= 1%
 LABELS = {"baseline": "Baseline", "k0": "Mixup 0", "k1": "Mixup 1", "k2": "Mixup 2", "k3": "Mixup 3"}
 
 
@@ -174,25 +175,32 @@ def summarise(cfg: DepthStudyConfig, rows: list[dict]) -> tuple[str, dict]:
         "Differences from the baseline are paired by problem; 95% percentile-bootstrap intervals (10,000 resamples) and a "
         "two-sided Wilcoxon signed-rank p-value.",
         "",
-        "| Model | mean excess risk (pp) | diff. vs baseline (pp) [95% CI] | Wilcoxon p | mean relative excess risk (%) | "
-        "median relative (%) | diff. vs baseline (%) [95% CI] | paper (Avg % Excess Risk) |",
-        "|---|---|---|---|---|---|---|---|",
+        "The relative excess risk 100 (R - R*) / R* explodes on the few problems whose R* is almost 0, so it is also "
+        f"shown over the problems with R* >= {100 * REL_MIN_BAYES:g}% (the count is in the last line).",
+        "",
+        "| Model | mean excess risk (pp) | diff. vs baseline (pp) [95% CI] | Wilcoxon p | mean relative (%), all | "
+        f"median relative (%) | mean relative (%), R* >= {100 * REL_MIN_BAYES:g}% | diff. vs baseline (%) [95% CI] | "
+        "paper (Avg % Excess Risk) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     ab = _by_method(rows, "excess_risk_pp", methods)
     rel = _by_method(rows, "excess_risk_rel_pct", methods, where=lambda r: r["bayes_risk"] > 0)
+    trim = _by_method(rows, "excess_risk_rel_pct", methods, where=lambda r: r["bayes_risk"] >= REL_MIN_BAYES)
     numbers: dict = {"table1": {}}
     for m in methods:
         da = paired_bootstrap(ab[m] - ab["baseline"])
-        dr = paired_bootstrap(rel[m] - rel["baseline"])
+        dr = paired_bootstrap(trim[m] - trim["baseline"])
         p = wilcoxon_p(ab[m] - ab["baseline"]) if m != "baseline" else float("nan")
         numbers["table1"][m] = {"excess_pp": float(ab[m].mean()), "excess_rel_pct": float(np.nanmean(rel[m])),
-                                "diff_pp": da._asdict(), "diff_rel": dr._asdict(), "wilcoxon_p": p}
+                                "excess_rel_pct_trimmed": float(trim[m].mean()),
+                                "diff_pp": da._asdict(), "diff_rel_trimmed": dr._asdict(), "wilcoxon_p": p}
         diff_a = "—" if m == "baseline" else da.fmt(2)
         diff_r = "—" if m == "baseline" else dr.fmt(1)
         pstr = "—" if m == "baseline" else f"{p:.2g}"
         paper = PAPER_TABLE1.get(m)
         lines.append(f"| {LABELS.get(m, m)} | {ab[m].mean():.2f} | {diff_a} | {pstr} | {np.nanmean(rel[m]):.1f} | "
-                     f"{np.nanmedian(rel[m]):.1f} | {diff_r} | {'' if paper is None else paper} |")
+                     f"{np.nanmedian(rel[m]):.1f} | {trim[m].mean():.1f} | {diff_r} | {'' if paper is None else paper} |")
+    lines += ["", f"Problems with R* >= {100 * REL_MIN_BAYES:g}%: {len(trim['baseline'])} of {len(ab['baseline'])}."]
     lines += ["", "## Per K (mean excess risk, pp; relative % in brackets)", "",
               "| K | " + " | ".join(LABELS.get(m, m) for m in methods) + " | mean Bayes risk (%) |",
               "|---|" + "---|" * (len(methods) + 1)]
