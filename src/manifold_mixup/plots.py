@@ -153,6 +153,7 @@ def plot_alpha_trajectories(rows: list[dict], path) -> None:
     axes[0][0].set_ylabel("alpha")
     axes[0][1].set_ylabel("weight of the partner row")
     axes[0][1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
     _save(fig, path, 150)
 
 
@@ -176,6 +177,7 @@ def plot_excess_by_quartile(table: dict, path, paper_label: str = "") -> None:
     ax.set_title("Excess risk against normalised MMLB quartile" + (f" ({paper_label})" if paper_label else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
     _save(fig, path, 150)
 
 
@@ -186,12 +188,13 @@ def plot_decision_grid(panels: list[tuple[str, object, object]], x, y, extent, p
     extent: (xmin, xmax, ymin, ymax) of the label grids.
     """
     n = len(panels)
-    fig, axes = _figure(1, n, (3.2 * n, 3.4))
+    fig, axes = _figure(1, n, (3.2 * n, 3.9))
     for ax, (title, _, labels) in zip(axes[0], panels):
-        ax.imshow(np.asarray(labels), origin="lower", extent=extent, cmap="coolwarm", alpha=0.35, aspect="auto",
+        ax.imshow(np.asarray(labels), origin="lower", extent=extent, cmap="coolwarm", alpha=0.35, aspect="equal",
                   interpolation="nearest")
         ax.scatter(np.asarray(x)[:, 0], np.asarray(x)[:, 1], c=np.asarray(y), cmap="coolwarm", s=4, edgecolors="none")
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
+    fig.tight_layout()
     _save(fig, path, 150)
