@@ -4,10 +4,10 @@
     logits, targets = mixer(x, y)                    # training: mixes at one drawn layer
     loss = mm.soft_cross_entropy(logits, targets)
 
-The mixed tensor is the named module's output (``"input"`` mixes the input itself). Forward
-hooks are registered once; they change nothing unless a mixer call has armed them, so outside
-a mixer call, and whenever the model is in ``eval()`` mode, the model computes exactly what it
-computes without the library. ``mixer.remove()`` (or leaving a ``with`` block) removes them.
+The mixed tensor is the named module's output (``"input"`` mixes the input itself). A forward
+hook is put on the drawn layer for the duration of one mixer call and taken off at its end, so
+outside a mixer call, and whenever the model is in ``eval()`` mode, the model is exactly the
+model without the library. ``mixer.remove()`` (or leaving a ``with`` block) retires the mixer.
 """
 
 from __future__ import annotations
@@ -132,9 +132,10 @@ class ManifoldMixup(nn.Module):
         self._armed: tuple[str, MixPlan] | None = None
         self._fired = False
         self._warned_reuse: set[str] = set()
-        self._handles = [
-            modules[name].register_forward_hook(self._make_hook(name)) for name in self.layers if name != INPUT
-        ]
+        # hooks live only inside a mixer call, on the one layer drawn for it
+        self._modules_by_name = {name: modules[name] for name in self.layers if name != INPUT}
+        self._hooks = {name: self._make_hook(name) for name in self._modules_by_name}
+        self._removed = False
 
     # -- hooks --------------------------------------------------------------------------
     def _make_hook(self, name: str):
@@ -156,10 +157,9 @@ class ManifoldMixup(nn.Module):
         return hook
 
     def remove(self) -> None:
-        """Remove the hooks: the model is as it was before the mixer was made."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        """Detach the mixer for good: later mixer calls are refused. (Hooks exist only during a
+        mixer call, so the model is already as it was before the mixer was made.)"""
+        self._removed = True
 
     def __enter__(self) -> "ManifoldMixup":
         return self
@@ -209,6 +209,8 @@ class ManifoldMixup(nn.Module):
         is then not consulted), e.g. to reproduce another trainer's run exactly.
         In eval mode nothing is mixed and the targets are the (smoothed) one-hot rows.
         """
+        if self._removed:
+            raise RuntimeError("this mixer was removed (mixer.remove() or the end of its with-block); make a new one")
         b = x.shape[0]
         if y.shape[0] != b:
             raise ValueError(f"targets have batch size {y.shape[0]} but the input has {b}")
@@ -255,9 +257,11 @@ class ManifoldMixup(nn.Module):
             logits = self.model(mix(x, plan))
         else:
             self._armed, self._fired = (layer, plan), False
+            handle = self._modules_by_name[layer].register_forward_hook(self._hooks[layer])
             try:
                 logits = self.model(x)
             finally:
+                handle.remove()
                 self._armed = None
             if not self._fired:
                 raise RuntimeError(f"layer {layer!r} did not run in the forward pass, so nothing was mixed")
