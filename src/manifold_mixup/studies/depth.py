@@ -211,8 +211,11 @@ def summarise(cfg: DepthStudyConfig, rows: list[dict]) -> tuple[str, dict]:
         lines.append(f"| {k} | " + " | ".join(f"{abk[m].mean():.2f} ({np.nanmean(relk[m]):.1f})" for m in methods)
                      + f" | {100 * bayes:.1f} |")
     base = [r for r in rows if r["method"] == "baseline"]
-    rho, p = spearman([r["normalised_mmlb"] for r in base], [r["bayes_risk"] for r in base])
-    pearson = float(np.corrcoef([r["normalised_mmlb"] for r in base], [r["bayes_risk"] for r in base])[0, 1])
+    if len(base) >= 3:
+        rho, p = spearman([r["normalised_mmlb"] for r in base], [r["bayes_risk"] for r in base])
+        pearson = float(np.corrcoef([r["normalised_mmlb"] for r in base], [r["bayes_risk"] for r in base])[0, 1])
+    else:  # too few problems for a correlation
+        rho = p = pearson = float("nan")
     se = max(r["normalised_mmlb_stderr"] for r in base)
     numbers["mmlb_bayes_correlation"] = {"spearman": rho, "spearman_p": p, "pearson": pearson}
     lines += ["", "## Normalised MMLB and Bayes risk", "",
