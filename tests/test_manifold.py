@@ -215,3 +215,99 @@ def test_bad_input_is_refused_with_clear_messages():
         mm.ManifoldMixup(model, ["block"], alpha=mm.ConfMix(), per_sample=False)
     with pytest.raises(ValueError, match="layer_weights"):
         mm.ManifoldMixup(model, ["block", "stem"], layer_weights=[1.0])
+
+
+def test_fresh_confmix_restores_each_submodule_mode():
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    model.train()
+    model[1].eval()  # a deliberately frozen BatchNorm
+    mixer = mm.ManifoldMixup(model, ["2"], alpha=mm.ConfMix(warmup_epochs=0), generator=torch.Generator().manual_seed(0))
+    x, y = _data()
+    mixer(x, y)
+    assert model.training and model[0].training and not model[1].training
+
+
+def test_integer_labels_of_any_width():
+    model = Residual()
+    x, y = _data()
+    mixer = mm.ManifoldMixup(model, ["block"], generator=0)
+    for dtype in (torch.int32, torch.uint8):
+        logits, t = mixer(x, y.to(dtype))
+        assert torch.allclose(t.sum(1), torch.ones(6))
+    plan = mixer.last_plan
+    assert torch.isfinite(mm.mixed_cross_entropy(logits, y.int(), mm.MixPlan(plan.perm, plan.lam)))
+
+
+class DictOut(nn.Module):
+    def forward(self, x):
+        from collections import OrderedDict
+
+        class Out(OrderedDict):
+            pass
+
+        return Out(h=x * 3, aux=torch.zeros(1))
+
+
+class UsesDict(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = DictOut()
+        self.head = nn.Linear(4, 2)
+        self.seen = None
+
+    def forward(self, x):
+        out = self.enc(x)
+        self.seen = type(out).__name__
+        return self.head(out["h"])
+
+
+class UsesMax(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pick = MaxOf()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.pick(x).values)
+
+
+class MaxOf(nn.Module):
+    def forward(self, x):
+        return torch.max(torch.stack([x, 2 * x], 1), dim=1)
+
+
+def test_selector_keeps_the_output_type():
+    x, y = _data()
+    model = UsesDict()
+    mixer = mm.ManifoldMixup(model, ["enc"], select={"enc": "h"}, generator=0)
+    logits, _ = mixer(x, y % 2)
+    perm, lam, _ = mixer.last_plan
+    h = 3 * x
+    assert model.seen == "Out"
+    assert torch.allclose(logits, model.head(lam[:, None] * h + (1 - lam[:, None]) * h[perm]), atol=1e-6)
+    model2 = UsesMax()
+    logits, _ = mm.ManifoldMixup(model2, ["pick"], select={"pick": 0}, generator=0)(x, y % 2)
+    assert logits.shape == (6, 2)
+
+
+class HalfOnly(mm.AlphaPolicy):
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+
+    def alpha(self, batch_size, confidence=None):
+        return self.values
+
+
+def test_custom_policy_values_are_checked():
+    x, y = _data()
+    model = Residual()
+    per_row = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    mixer = mm.ManifoldMixup(model, ["block"], alpha=HalfOnly(per_row), generator=0)
+    mixer(x, y)
+    lam = mixer.last_plan.lam
+    assert torch.equal(lam[::2], torch.ones(3)) and (lam[1::2] < 1).all()
+    with pytest.raises(ValueError, match=r"HalfOnly.alpha must be finite and >= 0.*-1"):
+        mm.ManifoldMixup(model, ["block"], alpha=HalfOnly(-1.0), generator=0)(x, y)
+    with pytest.raises(ValueError, match="select cannot name 'input'"):
+        mm.ManifoldMixup(model, ["input"], select={"input": 0})

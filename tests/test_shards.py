@@ -64,3 +64,9 @@ def test_bad_executor_and_unreachable_ray_address(tmp_path):
     with pytest.raises(ConnectionError, match="cannot reach the Ray cluster at --address '127.0.0.1:9'"):
         run_shards(store, [Shard("a", {"i": 1})], square_worker, executor="ray", address="127.0.0.1:9", progress=False)
     assert not store.done("a")
+
+
+def test_address_without_ray_is_refused(tmp_path):
+    store = ShardStore(tmp_path, "toy", {})
+    with pytest.raises(ValueError, match="only used with --executor ray"):
+        run_shards(store, [Shard("a", {"i": 1})], square_worker, address="127.0.0.1:6379", progress=False)

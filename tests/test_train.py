@@ -49,3 +49,15 @@ def test_trainer_and_device_errors():
             resolve_device("cuda")
     with pytest.raises(ValueError, match="device must be"):
         resolve_device("tpu")
+
+
+def test_mixing_and_erm_runs_share_the_data_order():
+    # alpha = 0 mixes nothing, so with the same data order every epoch the weights must agree exactly
+    x, y = spiral(120, 2)
+    weights = []
+    for layers in (None, "relu1"):
+        model = mm.mlp(2, (16, 16), generator=torch.Generator().manual_seed(0))
+        train_classifier(model, x, y, layers=layers, alpha=0.0, epochs=3, batch_size=20,
+                         generator=torch.Generator().manual_seed(5))
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))

@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--epochs", type=int, default=50)
     c.add_argument("--batch-size", type=int, default=250)
     c.add_argument("--lr", type=float, default=1e-3)
+    c.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     c.add_argument("--alpha", type=float, default=0.5)
     c.add_argument("--warmup-epochs", type=int, default=5)
     c.add_argument("--half-life", type=float, default=25.0)
@@ -92,6 +93,7 @@ def _confmix(a: argparse.Namespace) -> dict:
 
     cfg = ConfMixStudyConfig(
         dataset=a.dataset, data_dir=a.data_dir, seeds=a.seeds, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+        optimizer=a.optimizer,
         alpha=a.alpha, warmup_epochs=a.warmup_epochs, half_life=a.half_life, confidence=a.confidence,
         methods=tuple(a.methods) if a.methods else METHODS, seed=a.seed, device=a.device,
     )

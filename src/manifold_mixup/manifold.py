@@ -12,6 +12,7 @@ model without the library. ``mixer.remove()`` (or leaving a ``with`` block) reti
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -21,7 +22,8 @@ from torch import Tensor, nn
 
 import numpy as np
 
-from .mixing import MixPlan, PlanSampler, check_label_range, identity_plan, mix, mix_targets
+from .mixing import MixPlan, PlanSampler, check_alpha, check_label_range, identity_plan, mix, mix_targets
+from .models import eval_mode
 from .policies import AlphaPolicy, ConfMix, as_policy
 
 __all__ = ["ManifoldMixup", "LastPlan"]
@@ -54,13 +56,17 @@ def _apply_selector(output: Any, selector: Selector | None, fn: Callable[[Tensor
     if isinstance(output, Mapping):
         if selector not in output:
             raise KeyError(f"select[{name!r}] = {selector!r} is not a key of the output; keys: {list(output)}")
-        return {**output, selector: fn(output[selector])}
+        new = copy.copy(output)  # keeps the mapping's own type (OrderedDict, ModelOutput, ...)
+        new[selector] = fn(output[selector])
+        return new
     if isinstance(output, (tuple, list)) and isinstance(selector, int):
         parts = list(output)
         parts[selector] = fn(parts[selector])
-        return type(output)(parts) if isinstance(output, list) else (
-            type(output)(*parts) if hasattr(output, "_fields") else tuple(parts)
-        )
+        if isinstance(output, list) or type(output) is tuple:
+            return type(output)(parts)
+        if hasattr(output, "_fields"):  # namedtuple
+            return type(output)(*parts)
+        return type(output)(parts)  # torch.return_types and other structseqs
     raise TypeError(f"select[{name!r}] = {selector!r} does not fit an output of type {type(output).__name__}")
 
 
@@ -85,7 +91,7 @@ class ManifoldMixup(nn.Module):
         layers: str | Sequence[str],
         alpha: float | AlphaPolicy = 1.0,
         per_sample: bool = True,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | int | None = None,
         layer_weights: Sequence[float] | None = None,
         select: Mapping[str, Selector] | None = None,
         num_classes: int | None = None,
@@ -124,6 +130,8 @@ class ManifoldMixup(nn.Module):
         self._sampler: PlanSampler | None = None  # seeded at the first training call
         self.select = dict(select or {})
         for name in self.select:
+            if name == INPUT:
+                raise ValueError("select cannot name 'input': the input is mixed as a whole tensor")
             if name not in self.layers:
                 raise ValueError(f"select names {name!r}, which is not among layers {self.layers}")
         self.num_classes = num_classes
@@ -182,13 +190,8 @@ class ManifoldMixup(nn.Module):
             if k is None:
                 raise ValueError("ConfMix(confidence='cached') needs num_classes=K on the mixer")
             return pol.cached_confidence(index, k), k
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                logits = self.model(x)
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), torch.no_grad():
+            logits = self.model(x)
         probs = torch.softmax(logits.float(), -1)
         return probs.max(-1).values, logits.shape[-1]
 
@@ -248,6 +251,14 @@ class ManifoldMixup(nn.Module):
             plan = sampler.plan(b, pol.beta_parameter(alpha))
         else:
             alpha = pol.alpha(b)
+            if isinstance(alpha, Tensor):  # per-sample values from a custom policy
+                if alpha.shape != (b,) or not self.per_sample:
+                    raise ValueError(f"{type(pol).__name__}.alpha returned a tensor of shape {tuple(alpha.shape)}; "
+                                     f"expected [{b}] (and per_sample=True)")
+                check_alpha(alpha, f"{type(pol).__name__}.alpha")
+                alpha = alpha.detach().to("cpu", torch.float64).numpy()
+            else:
+                check_alpha(alpha, f"{type(pol).__name__}.alpha")
             plan = sampler.plan(b, alpha, self.per_sample)
         pol.record(alpha, plan.lam)
         return self._mixed_forward(x, y, index, plan.to(x.device), layer)

@@ -69,7 +69,7 @@ def check_alpha(alpha: float | Tensor, name: str = "alpha") -> None:
             bad = alpha[~torch.isfinite(alpha) | (alpha < 0)][0].item()
             raise ValueError(f"{name} must be finite and >= 0 (0 means no mixing); got {bad}")
         return
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number >= 0 or an alpha policy; got {type(alpha).__name__}")
     if not math.isfinite(alpha) or alpha < 0:
         raise ValueError(f"{name} must be finite and >= 0 (0 means no mixing); got {alpha}")
@@ -210,7 +210,7 @@ def soft_targets(y: Tensor, num_classes: int, label_smoothing: float = 0.0) -> T
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}")
     _check_labels(y, num_classes)
-    rows = y.float() if y.dtype.is_floating_point else F.one_hot(y, num_classes).float()
+    rows = y.float() if y.dtype.is_floating_point else F.one_hot(y.long(), num_classes).float()
     if label_smoothing:
         rows = rows * (1 - label_smoothing) + label_smoothing / num_classes
     return rows
@@ -237,6 +237,7 @@ def mixed_cross_entropy(logits: Tensor, y: Tensor, plan: MixPlan, label_smoothin
     ``mix_targets(y, plan, K, label_smoothing)``.
     """
     _check_labels(y, logits.shape[-1])
+    y = y.long()
     lam = plan.lam.to(logits.device, torch.float32)
     ce = lambda t: F.cross_entropy(logits.float(), t, reduction="none", label_smoothing=label_smoothing)  # noqa: E731
     return (lam * ce(y) + (1 - lam) * ce(y[plan.perm.to(y.device)])).mean()

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "eval_mode",
     "mlp",
     "mlp_layer",
     "mlp_init",
@@ -33,6 +35,19 @@ __all__ = [
 ]
 
 PAPER_CNN_MIX_LAYER = "flatten"
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for a block, then restore every submodule's own mode
+    (``model.train(was)`` would also switch deliberately frozen submodules back to training)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, was in modes:
+            m.training = was
 
 
 def mlp_layer(k: int, depth: int = 3) -> str:

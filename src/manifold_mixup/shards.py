@@ -145,11 +145,15 @@ def run_shards(
     address: str | None = None,
     progress: bool = True,
     desc: str = "shards",
+    gpus_per_task: float = 0,
 ) -> list[dict]:
     """Run every unfinished shard through ``worker(payload) -> rows``, save each as it finishes,
-    and return all rows in shard order."""
+    and return all rows in shard order. ``gpus_per_task``: GPUs Ray reserves for each task (Ray
+    hides the GPUs from tasks that reserve none)."""
     if executor not in ("local", "ray"):
         raise ValueError(f"executor must be 'local' or 'ray'; got {executor!r}")
+    if address is not None and executor != "ray":
+        raise ValueError(f"--address {address!r} is only used with --executor ray")
     keys = [s.key for s in shards]
     if len(set(keys)) != len(keys):
         raise ValueError("shard keys must be unique")
@@ -161,7 +165,7 @@ def run_shards(
                 store.save(s.key, worker(s.payload))
                 bar.update(1)
         else:
-            _run_ray(store, pending, worker, address, bar)
+            _run_ray(store, pending, worker, address, bar, gpus_per_task)
     finally:
         bar.close()
     return store.rows(shards)
@@ -176,7 +180,8 @@ def _call_single_threaded(worker: Callable[[dict], list[dict]], payload: dict) -
     return worker(payload)
 
 
-def _run_ray(store: ShardStore, pending: Sequence[Shard], worker: Callable, address: str | None, bar: Any) -> None:
+def _run_ray(store: ShardStore, pending: Sequence[Shard], worker: Callable, address: str | None, bar: Any,
+             gpus_per_task: float = 0) -> None:
     try:
         import ray
     except ImportError:
@@ -188,7 +193,7 @@ def _run_ray(store: ShardStore, pending: Sequence[Shard], worker: Callable, addr
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         started = True
     try:
-        remote = ray.remote(num_cpus=1)(_call_single_threaded)
+        remote = ray.remote(num_cpus=1, num_gpus=gpus_per_task)(_call_single_threaded)
         futures = {remote.remote(worker, s.payload): s for s in pending}
         while futures:
             ready, _ = ray.wait(list(futures), num_returns=1)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .manifold import ManifoldMixup
+from .models import eval_mode
 from .mixing import soft_cross_entropy, soft_targets
 from .policies import AlphaPolicy, ConfMix
 
@@ -24,7 +25,8 @@ __all__ = ["TrainResult", "train_classifier", "accuracy", "make_optimizer"]
 @dataclass
 class TrainResult:
     """Per-epoch records: ``epochs`` rows {epoch, loss, train_acc (under the mixed targets' argmax),
-    test_acc (when test data is given)}; ``policy`` rows {epoch, mean_alpha, mean_lambda, rows}."""
+    test_acc (when test data is given)}; ``policy`` rows {epoch, mean_alpha, mean_lambda,
+    mean_partner_weight, rows}."""
 
     epochs: list[dict] = field(default_factory=list)
     policy: list[dict] = field(default_factory=list)
@@ -48,12 +50,8 @@ def make_optimizer(params, name: str, lr: float) -> torch.optim.Optimizer:
 @torch.no_grad()
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 2048) -> float:
     """Top-1 accuracy of ``model`` in eval mode on (x [n, ...], y [n]); restores the mode."""
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         correct = sum(int((model(x[i : i + batch_size]).argmax(-1) == y[i : i + batch_size]).sum()) for i in range(0, len(x), batch_size))
-    finally:
-        model.train(was)
     return correct / max(len(x), 1)
 
 
@@ -78,6 +76,8 @@ def train_classifier(
 
     layers: where to mix (names from ``model.named_modules()`` or ``"input"``); None = plain ERM.
     alpha: a number or an ``AlphaPolicy`` (its clock is set to ``epoch + i / steps`` per batch).
+    generator: the data order comes from it, and one draw from it seeds the mixing stream, so
+    methods trained from equal generators see the same batches in every epoch.
     The data stay where they are (move them to the device first); the last partial batch is
     kept if it has at least 2 rows, dropped otherwise (mixing needs two rows).
     """
@@ -87,9 +87,12 @@ def train_classifier(
     if epochs < 1 or batch_size < 2:
         raise ValueError(f"epochs must be >= 1 and batch_size >= 2; got epochs={epochs}, batch_size={batch_size}")
     k = num_classes or int(y.max()) + 1
+    # one draw seeds the mixing stream, for every method alike, so that runs from the same
+    # generator see the same data order whether they mix or not (paired comparisons)
+    mix_seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
     mixer = None
     if layers is not None:
-        mixer = ManifoldMixup(model, layers, alpha=alpha, generator=generator, num_classes=k)
+        mixer = ManifoldMixup(model, layers, alpha=alpha, generator=mix_seed, num_classes=k)
     opt = make_optimizer(model.parameters(), optimizer, lr)
     cached = mixer is not None and isinstance(mixer.policy, ConfMix) and mixer.policy.confidence == "cached"
     steps = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size) if min(i + batch_size, n) - i >= 2]

@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..data import DATASETS, load_dataset
@@ -67,6 +68,8 @@ class ConfMixStudyConfig:
         for name in ("seeds", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd'; got {self.optimizer!r}")
         if self.confidence not in ("fresh", "cached"):
             raise ValueError(f"confidence must be 'fresh' or 'cached'; got {self.confidence!r}")
 
@@ -100,11 +103,12 @@ def train_one(payload: dict) -> list[dict]:
     method, seed = payload["method"], payload["seed"]
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+    init_seed, order_seed = (int(s) for s in np.random.SeedSequence([cfg.seed, seed]).generate_state(2))
     with torch.random.fork_rng(devices=[]):  # the initial weights: one per seed, shared by all methods
-        torch.manual_seed(cfg.seed * 1000 + seed)
+        torch.manual_seed(init_seed)
         model = paper_cnn(data.image_shape, data.num_classes).to(device)
     layer, policy = method_policy(method, cfg)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + seed + 1)
+    gen = torch.Generator().manual_seed(order_seed)  # data order (and the mixing stream's seed)
     res = train_classifier(
         model, data.x_train.to(device), data.y_train.to(device),
         layers=layer, alpha=policy if policy is not None else 0.0,
@@ -161,7 +165,8 @@ def run_confmix_study(cfg: ConfMixStudyConfig, out: str | Path, executor: str = 
     out = Path(out)
     store = ShardStore(out, "confmix-study", cfg.settings())
     shards = shards_for(cfg)
-    rows = run_shards(store, shards, train_one, executor=executor, address=address, progress=progress, desc="confmix study")
+    rows = run_shards(store, shards, train_one, executor=executor, address=address, progress=progress, desc="confmix study",
+                      gpus_per_task=1 if resolve_device(cfg.device).type == "cuda" else 0)
     write_csv(out / "results.csv", [{k: v for k, v in r.items() if k not in ("policy", "test_acc_per_epoch")} for r in rows])
     text, table = summarise(cfg, rows)
     write_atomic(out / "summary.md", text)

@@ -93,9 +93,9 @@ def _mix_layer(method: str) -> int | None:
 
 
 def problem_seeds(seed: int, k: int, index: int) -> dict[str, int]:
-    """Independent seeds of problem ``index`` with K = k: its draw, its data, its models."""
-    s = np.random.SeedSequence([seed, k, index]).generate_state(3)
-    return {"problem": int(s[0]), "data": int(s[1]), "model": int(s[2]) & 0x7FFFFFFF}
+    """Independent seeds of problem ``index`` with K = k: its draw, its data, its models, its MMLB."""
+    s = np.random.SeedSequence([seed, k, index]).generate_state(4)
+    return {"problem": int(s[0]), "data": int(s[1]), "model": int(s[2]) & 0x7FFFFFFF, "mmlb": int(s[3])}
 
 
 def depth_shard(payload: dict) -> list[dict]:
@@ -126,7 +126,7 @@ def depth_shard(payload: dict) -> list[dict]:
         risks = prob.risk_from_predictions(pred)
         excess = prob.excess_risk_from_predictions(pred)
         bayes = prob.bayes_risk()
-        mmlb = prob.mmlb(cfg.mmlb_samples, seeds["problem"])
+        mmlb = prob.mmlb(cfg.mmlb_samples, seeds["mmlb"])
         for m, r, e in zip(cfg.methods, risks.tolist(), excess.tolist()):
             rows.append({
                 "K": k, "N": cfg.components, "problem": i, "sigma": prob.sigma, "bayes_risk": bayes,
@@ -134,6 +134,7 @@ def depth_shard(payload: dict) -> list[dict]:
                 "normalised_mmlb_stderr": mmlb.normalised_stderr, "method": m, "risk": r,
                 "excess_risk_pp": 100 * e, "excess_risk_rel_pct": 100 * e / bayes if bayes > 0 else float("nan"),
                 "problem_seed": seeds["problem"], "data_seed": seeds["data"], "model_seed": seeds["model"],
+                "mmlb_seed": seeds["mmlb"],
             })
     return rows
 
@@ -255,7 +256,7 @@ def run_depth_study(cfg: DepthStudyConfig, out: str | Path, *, executor: str = "
     out = Path(out)
     store = ShardStore(out, "depth-study", cfg.settings())
     rows = run_shards(store, shards_for(cfg, device), depth_shard, executor=executor, address=address,
-                      progress=progress, desc="depth study")
+                      progress=progress, desc="depth study", gpus_per_task=1 if resolve_device(device).type == "cuda" else 0)
     write_csv(out / "results.csv", rows)
     text, numbers = summarise(cfg, rows)
     write_atomic(out / "summary.md", text)
