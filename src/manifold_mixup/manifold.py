@@ -137,7 +137,7 @@ class ManifoldMixup(nn.Module):
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.last_plan: LastPlan | None = None
-        self._armed: tuple[str, MixPlan] | None = None
+        self._plan: MixPlan | None = None  # the plan of the call in progress
         self._fired = False
         self._warned_reuse: set[str] = set()
         # hooks live only inside a mixer call, on the one layer drawn for it
@@ -148,8 +148,7 @@ class ManifoldMixup(nn.Module):
     # -- hooks --------------------------------------------------------------------------
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            if self._armed is None or self._armed[0] != name:
-                return None  # not armed: the output passes unchanged
+            # registered on the drawn layer only, and only while a mixer call runs
             if self._fired:
                 if name not in self._warned_reuse:
                     self._warned_reuse.add(name)
@@ -159,7 +158,7 @@ class ManifoldMixup(nn.Module):
                     )
                 return None
             self._fired = True
-            plan = self._armed[1]
+            plan = self._plan
             return _apply_selector(output, self.select.get(name), lambda h: mix(h, plan), name)
 
         return hook
@@ -267,13 +266,13 @@ class ManifoldMixup(nn.Module):
         if layer == INPUT:
             logits = self.model(mix(x, plan))
         else:
-            self._armed, self._fired = (layer, plan), False
+            self._plan, self._fired = plan, False
             handle = self._modules_by_name[layer].register_forward_hook(self._hooks[layer])
             try:
                 logits = self.model(x)
             finally:
                 handle.remove()
-                self._armed = None
+                self._plan = None
             if not self._fired:
                 raise RuntimeError(f"layer {layer!r} did not run in the forward pass, so nothing was mixed")
         if not isinstance(logits, Tensor) or logits.ndim != 2:
