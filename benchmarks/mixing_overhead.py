@@ -6,7 +6,8 @@ shape (3x32x32, batch 250), ``paper-cnn-digits`` the same CNN at the digits' sha
 A step is forward + loss + backward + Adam. ERM is ``model(x)`` with ``F.cross_entropy``; mixed
 steps go through ``ManifoldMixup`` and ``soft_cross_entropy``. Steps of the methods are
 interleaved in rounds and the median per-step time of each is reported, so slow drifts of the
-machine hit all methods alike.
+machine hit all methods alike. All methods of a model train the same model instance with the
+same optimizer (the steps alternate), so memory layout favours none of them.
 
     python benchmarks/mixing_overhead.py [--steps 30] [--rounds 7] [--device cpu]
 """
@@ -52,8 +53,7 @@ def cases(device):
     }
 
 
-def make_step(model, x, y, method):
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+def make_step(model, opt, x, y, method):
     if method is None:
         def step():
             loss = F.cross_entropy(model(x), y)
@@ -100,9 +100,13 @@ def main() -> None:
         if a.models and name not in a.models:
             continue
         x, y = x.to(device), y.to(device)
-        steps = {"erm": make_step(build().to(device), x, y, None)}
+        # one model and one optimizer for every method of a case, so that no method gains or
+        # loses by where its tensors happen to lie in memory; only the step itself differs
+        model = build().to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        steps = {"erm": make_step(model, opt, x, y, None)}
         for m, spec in methods.items():
-            steps[m] = make_step(build().to(device), x, y, spec)
+            steps[m] = make_step(model, opt, x, y, spec)
         for s in steps.values():  # warm-up
             timed(s, 3, device)
         times = {m: [] for m in steps}

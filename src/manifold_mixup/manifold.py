@@ -22,13 +22,14 @@ from torch import Tensor, nn
 
 import numpy as np
 
-from .mixing import MixPlan, PlanSampler, check_alpha, check_label_range, identity_plan, mix, mix_targets
+from .mixing import MixPlan, PlanSampler, check_alpha, check_label_range, mix, mix_targets, soft_targets
 from .models import eval_mode
-from .policies import AlphaPolicy, ConfMix, as_policy
+from .policies import AlphaPolicy, ConfMix, Constant, RampDown, RampUp, as_policy
 
 __all__ = ["ManifoldMixup", "LastPlan"]
 
 INPUT = "input"
+_CHECKED_POLICIES = (Constant, RampUp, RampDown)  # their alpha is valid by construction
 
 # How to find the tensor to mix in a module output that is a tuple, list or dict:
 # an index or key, or a function ``(output, mix_fn) -> new_output``.
@@ -68,6 +69,17 @@ def _apply_selector(output: Any, selector: Selector | None, fn: Callable[[Tensor
             return type(output)(*parts)
         return type(output)(parts)  # torch.return_types and other structseqs
     raise TypeError(f"select[{name!r}] = {selector!r} does not fit an output of type {type(output).__name__}")
+
+
+class _CallState:
+    """Per-call state of a mixer, kept off ``nn.Module.__setattr__`` (slow, and called per step)."""
+
+    __slots__ = ("plan", "fired", "last_plan")
+
+    def __init__(self) -> None:
+        self.plan: MixPlan | None = None  # the plan of the call in progress
+        self.fired = False
+        self.last_plan: LastPlan | None = None
 
 
 class ManifoldMixup(nn.Module):
@@ -118,6 +130,7 @@ class ManifoldMixup(nn.Module):
                     f"layer_weights must be {len(self.layers)} finite non-negative numbers with a positive sum; got {list(layer_weights)}"
                 )
         self._weights = (weights.double() / weights.sum()).numpy()
+        self._cum_weights = np.cumsum(self._weights).tolist()
         self.policy = as_policy(alpha)
         if isinstance(self.policy, ConfMix) and not per_sample:
             raise ValueError("ConfMix sets alpha per sample: it needs per_sample=True")
@@ -136,9 +149,8 @@ class ManifoldMixup(nn.Module):
                 raise ValueError(f"select names {name!r}, which is not among layers {self.layers}")
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
-        self.last_plan: LastPlan | None = None
-        self._plan: MixPlan | None = None  # the plan of the call in progress
-        self._fired = False
+        self._state = _CallState()
+        self._eyes: dict[tuple[int, torch.device], Tensor] = {}  # (smoothed) identities by (K, device)
         self._warned_reuse: set[str] = set()
         # hooks live only inside a mixer call, on the one layer drawn for it
         self._modules_by_name = {name: modules[name] for name in self.layers if name != INPUT}
@@ -149,7 +161,8 @@ class ManifoldMixup(nn.Module):
     def _make_hook(self, name: str):
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             # registered on the drawn layer only, and only while a mixer call runs
-            if self._fired:
+            state = self._state
+            if state.fired:
                 if name not in self._warned_reuse:
                     self._warned_reuse.add(name)
                     warnings.warn(
@@ -157,11 +170,16 @@ class ManifoldMixup(nn.Module):
                         stacklevel=2,
                     )
                 return None
-            self._fired = True
-            plan = self._plan
+            state.fired = True
+            plan = state.plan
             return _apply_selector(output, self.select.get(name), lambda h: mix(h, plan), name)
 
         return hook
+
+    @property
+    def last_plan(self) -> LastPlan | None:
+        """``(perm, lam, layer)`` of the last training call (None after an eval-mode call)."""
+        return self._state.last_plan
 
     def remove(self) -> None:
         """Detach the mixer for good: later mixer calls are refused. (Hooks exist only during a
@@ -219,13 +237,13 @@ class ManifoldMixup(nn.Module):
         if index is not None and index.shape[0] != b:
             raise ValueError(f"index has batch size {index.shape[0]} but the input has {b}")
         k = self.num_classes
+        rows = None  # the (smoothed) one-hot rows of class-index targets
         if k is not None and not y.dtype.is_floating_point:
-            check_label_range(y, k)
+            rows = self._label_rows(y, k)  # checks the labels, before any work
         if not self.model.training:
             logits = self.model(x)
-            targets = mix_targets(y.to(logits.device), identity_plan(b, logits.device), logits.shape[-1], self.label_smoothing)
-            self.last_plan = None
-            return logits, targets
+            self._state.last_plan = None
+            return logits, self._targets(y, rows, logits, None)
         if b < 2:
             raise ValueError("mixing needs a batch of at least 2 rows; got a batch of 1")
         if (plan is None) != (layer is None):
@@ -235,19 +253,20 @@ class ManifoldMixup(nn.Module):
                 raise ValueError(f"layer {layer!r} is not among this mixer's layers {self.layers}")
             if plan.batch_size != b:
                 raise ValueError(f"the plan is for a batch of {plan.batch_size} but the input has {b} rows")
-            return self._mixed_forward(x, y, index, plan.to(x.device), layer)
+            return self._mixed_forward(x, y, rows, index, plan.to(x.device), layer)
         if self._sampler is None:
             self._sampler = PlanSampler(self.generator)
         sampler = self._sampler
-        layer = self.layers[sampler.choice(self._weights)]
+        layer = self.layers[sampler.choice(self._cum_weights, cumulative=True)]
         pol = self.policy
         if isinstance(pol, ConfMix):
             if pol.in_warmup:
-                alpha = np.zeros(b)
+                alpha = 0.0
             else:
                 conf, k_seen = self._confidence(x, index, k)
                 alpha = pol.confmix_alpha(conf, k_seen).double().numpy()
-            plan = sampler.plan(b, pol.beta_parameter(alpha))
+            plan, lam = sampler.next_plan(b, pol.beta_parameter(alpha))
+            pol.record(alpha, lam)  # alpha_i itself, before halving
         else:
             alpha = pol.alpha(b)
             if isinstance(alpha, Tensor):  # per-sample values from a custom policy
@@ -256,29 +275,62 @@ class ManifoldMixup(nn.Module):
                                      f"expected [{b}] (and per_sample=True)")
                 check_alpha(alpha, f"{type(pol).__name__}.alpha")
                 alpha = alpha.detach().to("cpu", torch.float64).numpy()
-            else:
+            elif type(pol) not in _CHECKED_POLICIES:  # built-in policies give valid values
                 check_alpha(alpha, f"{type(pol).__name__}.alpha")
-            plan = sampler.plan(b, alpha, self.per_sample)
-        pol.record(alpha, plan.lam)
-        return self._mixed_forward(x, y, index, plan.to(x.device), layer)
+            plan, lam = sampler.next_plan(b, alpha, self.per_sample)
+            pol.record(alpha, lam)
+        return self._mixed_forward(x, y, rows, index, plan.to(x.device), layer)
 
-    def _mixed_forward(self, x: Tensor, y: Tensor, index: Tensor | None, plan: MixPlan, layer: str) -> tuple[Tensor, Tensor]:
+    def _label_rows(self, y: Tensor, k: int) -> Tensor:
+        """Float rows [B, k] of the (smoothed) one-hot targets of class indices y [B], read from
+        a cached identity; raises ValueError for labels outside [0, k)."""
+        if y.ndim != 1:
+            raise ValueError(f"class-index targets must have shape [B]; got {tuple(y.shape)}")
+        eye = self._eyes.get((k, y.device))
+        if eye is None:
+            eye = torch.eye(k, device=y.device)
+            if self.label_smoothing:
+                eye = eye * (1 - self.label_smoothing) + self.label_smoothing / k
+            self._eyes[(k, y.device)] = eye
+        if y.device.type != "cpu":
+            check_label_range(y, k)  # an index out of range would be a device-side assertion
+        try:
+            return torch.index_select(eye, 0, y.long())
+        except (IndexError, RuntimeError):  # on the CPU the lookup itself checks the range
+            check_label_range(y, k)
+            raise
+
+    def _targets(self, y: Tensor, rows: Tensor | None, logits: Tensor, plan: MixPlan | None) -> Tensor:
+        """The soft targets [B, K] for the logits: mixed by ``plan``, or as they are if it is None."""
+        k = logits.shape[-1]
+        if y.dtype.is_floating_point:  # soft rows: soft_targets checks their shape
+            y = y.to(logits.device)
+            return soft_targets(y, k, self.label_smoothing) if plan is None else mix_targets(y, plan, k, self.label_smoothing)
+        if rows is None:
+            rows = self._label_rows(y, k)
+        elif k != self.num_classes:
+            raise ValueError(f"the model returned {k} logits per row but num_classes={self.num_classes}")
+        rows = rows.to(logits.device)
+        return rows if plan is None else mix(rows, plan)
+
+    def _mixed_forward(self, x: Tensor, y: Tensor, rows: Tensor | None, index: Tensor | None, plan: MixPlan, layer: str) -> tuple[Tensor, Tensor]:
         if layer == INPUT:
             logits = self.model(mix(x, plan))
         else:
-            self._plan, self._fired = plan, False
+            state = self._state
+            state.plan, state.fired = plan, False
             handle = self._modules_by_name[layer].register_forward_hook(self._hooks[layer])
             try:
                 logits = self.model(x)
             finally:
                 handle.remove()
-                self._plan = None
-            if not self._fired:
+                state.plan = None
+            if not state.fired:
                 raise RuntimeError(f"layer {layer!r} did not run in the forward pass, so nothing was mixed")
         if not isinstance(logits, Tensor) or logits.ndim != 2:
             raise TypeError(f"the model must return logits [B, K]; got {getattr(logits, 'shape', type(logits))}")
-        targets = mix_targets(y.to(logits.device), plan, logits.shape[-1], self.label_smoothing)
+        targets = self._targets(y, rows, logits, plan)
         if isinstance(self.policy, ConfMix) and self.policy.confidence == "cached" and index is not None:
             self.policy.observe(index, logits)
-        self.last_plan = LastPlan(plan.perm, plan.lam, layer)
+        self._state.last_plan = LastPlan(plan.perm, plan.lam, layer)
         return logits, targets

@@ -13,8 +13,10 @@ and moved to the tensors' device).
 
 from __future__ import annotations
 
+import bisect
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -36,16 +38,32 @@ __all__ = [
 ]
 
 
+DENSE_MAX_BATCH = 64  # plans for batches up to this size carry a dense mixing matrix
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
 @dataclass(frozen=True)
 class MixPlan:
     """How one batch is mixed: row i becomes ``lam[i] * h[i] + (1 - lam[i]) * h[perm[i]]``.
 
     perm: LongTensor [B], a permutation of 0..B-1.
     lam:  float Tensor [B], each in [0, 1]; per-batch mode repeats one value.
+    matrix: optional float32 CPU Tensor [B, B], the same mix as a matrix (row i holds lam[i] at
+      column i and 1 - lam[i] at column perm[i]). Plans drawn by the mixer carry it for small
+      batches: on the CPU one matrix product, forward and backward, costs less than the gather,
+      interpolation and scatter it replaces. ``mix`` uses it for contiguous float32 CPU tensors
+      outside autocast, and the gather + lerp form otherwise.
     """
 
     perm: Tensor
     lam: Tensor
+    matrix: Tensor | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.perm.ndim != 1 or self.lam.ndim != 1 or self.perm.shape != self.lam.shape:
@@ -53,13 +71,33 @@ class MixPlan:
                 f"MixPlan needs perm and lam of the same shape [B]; got perm {tuple(self.perm.shape)} "
                 f"and lam {tuple(self.lam.shape)}"
             )
+        b = self.perm.shape[0]
+        if self.matrix is not None and self.matrix.shape != (b, b):
+            raise ValueError(f"MixPlan's matrix must have shape [{b}, {b}]; got {tuple(self.matrix.shape)}")
 
     @property
     def batch_size(self) -> int:
         return int(self.perm.shape[0])
 
     def to(self, device: torch.device | str) -> "MixPlan":
-        return MixPlan(self.perm.to(device, non_blocking=True), self.lam.to(device, non_blocking=True))
+        if self.perm.device == torch.device(device) and self.lam.device == self.perm.device:
+            return self
+        m = self.matrix
+        if m is not None:
+            m = m.to(device) if torch.device(device).type == "cpu" else None  # used on the CPU only
+        return MixPlan(self.perm.to(device, non_blocking=True), self.lam.to(device, non_blocking=True), m)
+
+
+def mixing_matrices(perm: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """float32 [n, B, B] matrices of plans given as perm int [n, B] and lam [n, B]: row i of plan s
+    holds lam[s, i] at column i and 1 - lam[s, i] at column perm[s, i] (summed where they meet)."""
+    n, b = perm.shape
+    lam = lam.astype(np.float32)
+    m = np.zeros((n, b, b), np.float32)
+    s, i = np.arange(n)[:, None], np.arange(b)[None, :]
+    m[s, i, i] = lam
+    m[s, i, perm] += 1 - lam
+    return m
 
 
 def check_alpha(alpha: float | Tensor, name: str = "alpha") -> None:
@@ -89,37 +127,97 @@ def _beta_rows(rng: np.random.Generator, a: np.ndarray) -> np.ndarray:
 class PlanSampler:
     """Draws mixing plans from one numpy stream seeded once from a torch generator.
 
-    torch has no seeded Beta sampler, so lambda comes from numpy's PCG64. Seeding it once (from
-    one draw of ``generator``, or from an int) and keeping it keeps a training step's random work
-    to a few microseconds, while the same generator seed still gives the same sequence of plans.
+    torch has no seeded Beta sampler, so lambda comes from numpy's PCG64, seeded once (from one
+    draw of ``generator``, or from an int); the same seed gives the same sequence of plans.
+
+    ``next_plan`` serves training steps from blocks drawn ahead: permutations come ``block`` at a
+    time, and so do lambdas while alpha, the batch size and the mode stay the same from call to
+    call (a changing alpha, as under a ramp, is drawn one batch at a time). A step then touches
+    no numpy code at all, which on a busy CPU costs far more than the draws themselves. The
+    sequence of plans depends only on the seed and on the sequence of calls.
     """
 
-    def __init__(self, generator: torch.Generator | int | None = None) -> None:
+    def __init__(self, generator: torch.Generator | int | None = None, block: int = 64) -> None:
         if isinstance(generator, int):
             seed = generator
         else:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+            raise ValueError(f"block must be an integer >= 1; got {block!r}")
         self.rng = np.random.default_rng(seed)
+        self.block = block
+        self._key: tuple | None = None  # (alpha, B, per_sample) of the block below
+        self._block: list[tuple[MixPlan, np.ndarray]] = []  # plans drawn ahead, used in order
+        self._pos = 0
+        self._uniforms: list[float] = []  # for layer choices, drawn ahead, used from the end
 
     def lam(self, alpha: float | np.ndarray, batch_size: int, per_sample: bool = True) -> np.ndarray:
         """float64 [batch_size] lambdas; alpha a number or a float64 array [batch_size] (already checked)."""
+        return self._lam_rows(alpha, 1, batch_size, per_sample)[0]
+
+    def _lam_rows(self, alpha: float | np.ndarray, n: int, batch_size: int, per_sample: bool) -> np.ndarray:
+        """float64 [n, batch_size] lambdas (an alpha array stands for one row)."""
         if isinstance(alpha, np.ndarray):
-            return _beta_rows(self.rng, alpha)
+            return _beta_rows(self.rng, alpha)[None]
+        alpha = float(alpha)
+        if alpha == 0:
+            return np.ones((n, batch_size))
         if not per_sample:
-            return np.repeat(_beta_rows(self.rng, np.array([float(alpha)])), batch_size)
-        return _beta_rows(self.rng, np.full(batch_size, float(alpha)))
+            return np.repeat(self.rng.beta(alpha, alpha, size=(n, 1)), batch_size, axis=1)
+        # the same draws as Beta with an array of equal parameters, without building the array
+        return self.rng.beta(alpha, alpha, size=(n, batch_size))
+
+    def draw(self, batch_size: int, alpha: float | np.ndarray, per_sample: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """A permutation (int64 [B]), then lambdas (float32 [B]), as numpy arrays (no blocks)."""
+        perm = self.rng.permutation(batch_size)
+        return perm, self.lam(alpha, batch_size, per_sample).astype(np.float32)
 
     def plan(self, batch_size: int, alpha: float | np.ndarray, per_sample: bool = True) -> MixPlan:
-        """A permutation, then lambdas, as CPU tensors (int64 [B], float32 [B])."""
-        perm = torch.from_numpy(self.rng.permutation(batch_size))
-        lam = torch.from_numpy(self.lam(alpha, batch_size, per_sample).astype(np.float32))
-        return MixPlan(perm, lam)
+        """A permutation, then lambdas, as CPU tensors (int64 [B], float32 [B]) (no blocks)."""
+        perm, lam = self.draw(batch_size, alpha, per_sample)
+        return MixPlan(torch.from_numpy(perm), torch.from_numpy(lam))
 
-    def choice(self, probs: np.ndarray) -> int:
-        """An index drawn with the given probabilities (no draw when there is one choice)."""
+    def _draw_block(self, n: int, batch_size: int, alpha: float | np.ndarray, per_sample: bool) -> list[tuple[MixPlan, np.ndarray]]:
+        rows = np.broadcast_to(np.arange(batch_size), (n, batch_size))
+        perms = self.rng.permuted(rows, axis=1)
+        lams = self._lam_rows(alpha, n, batch_size, per_sample).astype(np.float32)
+        perm_t, lam_t = torch.from_numpy(perms).unbind(0), torch.from_numpy(lams).unbind(0)
+        mixes = isinstance(alpha, np.ndarray) or alpha > 0
+        if mixes and batch_size <= DENSE_MAX_BATCH:
+            mats = torch.from_numpy(mixing_matrices(perms, lams)).unbind(0)
+        else:
+            mats = [None] * n
+        return [(MixPlan(p, l, m), lam) for p, l, m, lam in zip(perm_t, lam_t, mats, lams)]
+
+    def next_plan(self, batch_size: int, alpha: float | np.ndarray, per_sample: bool = True) -> tuple[MixPlan, np.ndarray]:
+        """The next plan for a training step (CPU tensors), and its lambdas as a numpy array.
+
+        alpha: a checked number, or a float64 array [B] of per-sample values (one plan at a time).
+        Plans are drawn ``block`` at a time while the request (alpha, B, per_sample) repeats.
+        """
+        if isinstance(alpha, np.ndarray):
+            self._key = None
+            return self._draw_block(1, batch_size, alpha, True)[0]
+        key = (float(alpha), batch_size, bool(per_sample))
+        if key != self._key or self._pos >= len(self._block):
+            # a block only once the same request repeats: a changing alpha gets single plans
+            n = self.block if key == self._key else 1
+            self._block, self._key, self._pos = self._draw_block(n, batch_size, alpha, per_sample), key, 0
+        self._pos += 1
+        return self._block[self._pos - 1]
+
+    def choice(self, probs: np.ndarray | Sequence[float], cumulative: bool = False) -> int:
+        """An index drawn with the given probabilities (no draw when there is one choice).
+
+        cumulative: ``probs`` already holds the running sums (callers drawing often pass them
+        precomputed, as a list); the draw is the same either way.
+        """
         if len(probs) == 1:
             return 0
-        return min(int(np.searchsorted(np.cumsum(probs), self.rng.random(), side="right")), len(probs) - 1)
+        cum = probs if cumulative else np.cumsum(probs).tolist()
+        if not self._uniforms:
+            self._uniforms = self.rng.random(self.block).tolist()[::-1]
+        return min(bisect.bisect_right(cum, self._uniforms.pop()), len(probs) - 1)
 
 
 def sample_lambda(
@@ -174,6 +272,9 @@ def mix(h: Tensor, plan: MixPlan) -> Tensor:
             f"cannot mix a tensor of shape {tuple(h.shape)} with a plan for a batch of {plan.batch_size}: "
             "the mixed tensor must be batch-first"
         )
+    m = plan.matrix
+    if m is not None and h.dtype == m.dtype and h.device == m.device and h.is_contiguous() and not _autocast_enabled(h.device.type):
+        return torch.mm(m, h.view(h.shape[0], -1)).view(h.shape)
     lam = plan.lam.to(device=h.device, dtype=h.dtype).view((-1,) + (1,) * (h.ndim - 1))
     # lerp(a, b, w) = a + w (b - a), one fused kernel; exact at w = 1 (gives b) and w = 0 (gives a)
     return torch.lerp(torch.index_select(h, 0, plan.perm.to(h.device)), h, lam)
@@ -220,7 +321,25 @@ def mix_targets(y: Tensor, plan: MixPlan, num_classes: int, label_smoothing: flo
     """Mixed soft targets [B, K]: ``lam*t + (1-lam)*t[perm]`` of the (smoothed) target rows t."""
     if y.shape[0] != plan.batch_size:
         raise ValueError(f"targets have batch size {y.shape[0]} but the plan is for {plan.batch_size}")
-    return mix(soft_targets(y, num_classes, label_smoothing), plan)
+    if y.dtype.is_floating_point:
+        return mix(soft_targets(y, num_classes, label_smoothing), plan)
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}")
+    _check_labels(y, num_classes)
+    return _mixed_index_targets(y, plan, num_classes, label_smoothing)
+
+
+def _mixed_index_targets(y: Tensor, plan: MixPlan, num_classes: int, label_smoothing: float) -> Tensor:
+    """``mix_targets`` for checked class indices y [B]: lam_i at y_i plus 1 - lam_i at y_perm(i),
+    written by two scatters (no one-hot rows, no second pass over them)."""
+    y = y.long()
+    lam = plan.lam.to(y.device, torch.float32).unsqueeze(1)
+    rows = torch.zeros(y.shape[0], num_classes, device=y.device)
+    rows.scatter_(1, y.unsqueeze(1), lam)
+    rows.scatter_add_(1, torch.index_select(y, 0, plan.perm.to(y.device)).unsqueeze(1), 1 - lam)
+    if label_smoothing:
+        rows.mul_(1 - label_smoothing).add_(label_smoothing / num_classes)
+    return rows
 
 
 def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:

@@ -49,6 +49,7 @@ class AlphaPolicy:
     def __init__(self) -> None:
         self.epoch = 0.0
         self._sums: dict[int, list[float]] = {}
+        self._pending: list[tuple[int, float | np.ndarray, np.ndarray]] = []  # summed in batches
 
     def set_epoch(self, epoch: float) -> None:
         """Tell the policy where training stands, in epochs (fractional allowed)."""
@@ -64,22 +65,35 @@ class AlphaPolicy:
         return self.alpha_at(self.epoch)
 
     def record(self, alpha: float | np.ndarray | Tensor, lam: np.ndarray | Tensor) -> None:
-        """Add one batch to the per-epoch statistics (alpha as given to the rows, lambda drawn)."""
-        lam = lam.detach().cpu().numpy() if isinstance(lam, Tensor) else np.asarray(lam)
-        n = lam.size
+        """Add one batch to the per-epoch statistics (alpha as given to the rows, lambda drawn).
+
+        The arrays are kept (not copied: callers pass fresh arrays) and summed a few hundred
+        batches at a time, which keeps numpy out of most training steps."""
+        if isinstance(lam, Tensor):
+            lam = lam.detach().cpu().numpy()
         if isinstance(alpha, Tensor):
             alpha = alpha.detach().cpu().numpy()
-        a = float(np.mean(alpha)) if isinstance(alpha, np.ndarray) else float(alpha)
-        s = self._sums.setdefault(int(self.epoch), [0.0, 0.0, 0.0, 0])
-        s[0] += a * n
-        s[1] += float(lam.sum(dtype=np.float64))
-        s[2] += float(np.minimum(lam, 1 - lam).sum(dtype=np.float64))
-        s[3] += n
+        self._pending.append((int(self.epoch), alpha, lam))
+        if len(self._pending) >= 512:
+            self._flush()
+
+    def _flush(self) -> None:
+        for epoch, alpha, lam in self._pending:
+            lam = np.asarray(lam)
+            n = lam.size
+            a = float(np.mean(alpha)) if isinstance(alpha, np.ndarray) else float(alpha)
+            s = self._sums.setdefault(epoch, [0.0, 0.0, 0.0, 0])
+            s[0] += a * n
+            s[1] += float(lam.sum(dtype=np.float64))
+            s[2] += float(np.minimum(lam, 1 - lam).sum(dtype=np.float64))
+            s[3] += n
+        self._pending.clear()
 
     def history(self) -> list[dict]:
         """Per epoch: mean alpha, mean lambda, mean partner weight min(lambda, 1 - lambda)
         (0 = no mixing, 1/2 = even mixes; the mean of lambda itself is 1/2 whenever alpha > 0)
         and the number of rows seen."""
+        self._flush()
         return [
             {"epoch": e, "mean_alpha": s[0] / s[3], "mean_lambda": s[1] / s[3], "mean_partner_weight": s[2] / s[3],
              "rows": s[3]}
