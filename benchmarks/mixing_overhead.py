@@ -1,21 +1,31 @@
 """Cost of mixing next to a plain ERM training step, measured in the same run.
 
 Prints one JSON line per case: {"model", "method", "ratio_to_erm", "step_ms", "erm_step_ms",
-"images_per_second", "erm_images_per_second", ...}. ``paper-cnn`` is Table 2's CNN at CIFAR-10's
-shape (3x32x32, batch 250), ``paper-cnn-digits`` the same CNN at the digits' shape (1x8x8).
-A step is forward + loss + backward + Adam. ERM is ``model(x)`` with ``F.cross_entropy``; mixed
-steps go through ``ManifoldMixup`` and ``soft_cross_entropy``. Steps of the methods are
-interleaved in rounds and the median per-step time of each is reported, so slow drifts of the
-machine hit all methods alike. All methods of a model train the same model instance with the
-same optimizer (the steps alternate), so memory layout favours none of them.
+"paired_ratio_median", "paired_ratio_iqr", "images_per_second", ...}. ``paper-cnn`` is Table 2's
+CNN at CIFAR-10's shape (3x32x32, batch 250), ``paper-cnn-digits`` the same CNN at the digits'
+shape (1x8x8, batch 250). A step is forward + loss + backward + Adam. ERM is ``model(x)`` with
+``F.cross_entropy``; mixed steps go through ``ManifoldMixup`` and ``soft_cross_entropy``.
 
-    python benchmarks/mixing_overhead.py [--steps 30] [--rounds 7] [--device cpu]
+How it is timed: all methods of a model train one model instance with one optimizer, so memory
+layout favours none of them. Each round times one step of every method, in a shuffled order;
+``ratio_to_erm`` is the ratio of the median step times, ``paired_ratio_*`` the median and
+quartiles of the per-round ratios. Alternating single steps keeps the machine's slow drifts (on
+the 2-core CI machine its speed moves by 1.5x between minutes) out of the ratios. Rounds run
+until ``--seconds`` per model are spent (at least ``--min-rounds``).
+
+Denormal floats are flushed to zero (``torch.set_flush_denormal(True)``; ``--keep-denormals``
+turns that off): training the same batch for thousands of steps drives Adam's moments of dead
+units into the denormal range, where CPU arithmetic is many times slower, and that slows the
+ERM and the mixed steps alike by an amount that has nothing to do with mixing.
+
+    python benchmarks/mixing_overhead.py [--seconds 40] [--models paper-mlp ...] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import time
 
@@ -77,25 +87,28 @@ def make_step(model, opt, x, y, method):
     return step
 
 
-def timed(step, n, device):
+def timed(step, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
-    for _ in range(n):
-        step()
+    step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - t) / n
+    return time.perf_counter() - t
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--seconds", type=float, default=40.0, help="time budget per model")
+    ap.add_argument("--min-rounds", type=int, default=20)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--keep-denormals", action="store_true", help="do not flush denormal floats to zero")
     ap.add_argument("--models", nargs="+", default=None, help="subset of: paper-mlp paper-cnn paper-cnn-digits small-resnet")
     a = ap.parse_args()
+    if not a.keep_denormals:
+        torch.set_flush_denormal(True)
     device = torch.device(a.device)
+    order = random.Random(0)
     for name, build, x, y, methods in cases(device):
         if a.models and name not in a.models:
             continue
@@ -107,20 +120,26 @@ def main() -> None:
         steps = {"erm": make_step(model, opt, x, y, None)}
         for m, spec in methods.items():
             steps[m] = make_step(model, opt, x, y, spec)
-        for s in steps.values():  # warm-up
-            timed(s, 3, device)
+        warm = {m: min(timed(s, device) for _ in range(5)) for m, s in steps.items()}
+        rounds = max(a.min_rounds, int(a.seconds / sum(warm.values())))
         times = {m: [] for m in steps}
-        for _ in range(a.rounds):
-            for m, s in steps.items():
-                times[m].append(timed(s, a.steps, device))
+        for _ in range(rounds):
+            names = list(steps)
+            order.shuffle(names)
+            for m in names:
+                times[m].append(timed(steps[m], device))
         erm = statistics.median(times["erm"])
         for m in methods:
             t = statistics.median(times[m])
+            paired = [tm / te for tm, te in zip(times[m], times["erm"])]
+            q1, q2, q3 = statistics.quantiles(paired, n=4)
             print(json.dumps({
                 "model": name, "method": m, "ratio_to_erm": round(t / erm, 4), "step_ms": round(1e3 * t, 3),
-                "erm_step_ms": round(1e3 * erm, 3), "images_per_second": round(len(x) / t, 1),
-                "erm_images_per_second": round(len(x) / erm, 1), "batch": len(x),
-                "input_shape": list(x.shape[1:]), "device": str(device), "threads": torch.get_num_threads(),
+                "erm_step_ms": round(1e3 * erm, 3), "paired_ratio_median": round(q2, 4),
+                "paired_ratio_iqr": [round(q1, 4), round(q3, 4)], "rounds": rounds,
+                "images_per_second": round(len(x) / t, 1), "erm_images_per_second": round(len(x) / erm, 1),
+                "batch": len(x), "input_shape": list(x.shape[1:]), "device": str(device),
+                "threads": torch.get_num_threads(), "flush_denormal": not a.keep_denormals,
             }), flush=True)
 
 

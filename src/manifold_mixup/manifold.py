@@ -71,6 +71,64 @@ def _apply_selector(output: Any, selector: Selector | None, fn: Callable[[Tensor
     raise TypeError(f"select[{name!r}] = {selector!r} does not fit an output of type {type(output).__name__}")
 
 
+# Modules whose forward does not depend on train/eval mode (exact types, subclasses excluded).
+_MODE_FREE = frozenset({
+    nn.Sequential, nn.Identity, nn.Flatten, nn.Unflatten, nn.Linear, nn.Bilinear,
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.LayerNorm, nn.GroupNorm, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+})
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None))
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as _module
+
+    names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks")
+    return any(getattr(_module, n, None) for n in names)
+
+
+class _Split(NamedTuple):
+    """A model cut at a layer: the modules up to and including it, and those after it."""
+
+    prefix: list[nn.Module]
+    suffix: list[nn.Module]
+
+
+def sequential_split(model: nn.Module, name: str) -> _Split | None:
+    """Cut ``model`` at the layer ``name`` if that changes nothing: every container on the path
+    is a plain ``nn.Sequential`` (its own forward, no hooks), no module appears twice, and every
+    module up to the layer behaves the same in train and eval mode. Otherwise None."""
+    before: list[nn.Module] = []
+    after: list[nn.Module] = []
+    node = model
+    for part in name.split("."):
+        if not isinstance(node, nn.Sequential) or type(node).forward is not nn.Sequential.forward or _has_hooks(node):
+            return None
+        names = list(node._modules)
+        if part not in names:
+            return None
+        i = names.index(part)
+        kids = list(node._modules.values())
+        before += kids[:i]
+        after = kids[i + 1 :] + after
+        node = kids[i]
+    prefix = before + [node]
+    chain = prefix + after
+    if any(m is None for m in chain) or len({id(m) for m in chain}) != len(chain):
+        return None
+    if not all(type(m) in _MODE_FREE for top in prefix for m in top.modules()):
+        return None
+    return _Split(prefix, after)
+
+
 class _CallState:
     """Per-call state of a mixer, kept off ``nn.Module.__setattr__`` (slow, and called per step)."""
 
@@ -151,6 +209,10 @@ class ManifoldMixup(nn.Module):
         self.label_smoothing = label_smoothing
         self._state = _CallState()
         self._eyes: dict[tuple[int, torch.device], Tensor] = {}  # (smoothed) identities by (K, device)
+        self._splits: dict[str, _Split | None] = {}
+        # fresh ConfMix: run the layers before the mixing point once where the model allows it
+        # (``sequential_split``); False always runs a separate eval-mode forward for confidences
+        self.reuse_prefix = True
         self._warned_reuse: set[str] = set()
         # hooks live only inside a mixer call, on the one layer drawn for it
         self._modules_by_name = {name: modules[name] for name in self.layers if name != INPUT}
@@ -262,9 +324,11 @@ class ManifoldMixup(nn.Module):
         if isinstance(pol, ConfMix):
             if pol.in_warmup:
                 alpha = 0.0
+            elif pol.confidence == "fresh" and self.reuse_prefix and (split := self._split(layer)) is not None:
+                return self._split_forward(x, y, rows, index, layer, split)
             else:
                 conf, k_seen = self._confidence(x, index, k)
-                alpha = pol.confmix_alpha(conf, k_seen).double().numpy()
+                alpha = pol.confmix_alpha(conf, k_seen, check=False).double().numpy()
             plan, lam = sampler.next_plan(b, pol.beta_parameter(alpha))
             pol.record(alpha, lam)  # alpha_i itself, before halving
         else:
@@ -280,6 +344,38 @@ class ManifoldMixup(nn.Module):
             plan, lam = sampler.next_plan(b, alpha, self.per_sample)
             pol.record(alpha, lam)
         return self._mixed_forward(x, y, rows, index, plan.to(x.device), layer)
+
+    def _split(self, layer: str) -> _Split | None:
+        """The model cut at ``layer`` for fresh ConfMix (cached per layer), or None."""
+        if layer == INPUT or layer in self.select or _global_hooks():
+            return None
+        if layer not in self._splits:
+            self._splits[layer] = sequential_split(self.model, layer)
+        return self._splits[layer]
+
+    def _split_forward(self, x: Tensor, y: Tensor, rows: Tensor | None, index: Tensor | None, layer: str, split: _Split) -> tuple[Tensor, Tensor]:
+        """Fresh ConfMix through a cut model: the layers up to the mixing point run once, on the
+        clean batch, with gradients; the confidence comes from the layers after it, run without
+        gradients in eval mode on that clean output (the same numbers as an eval-mode forward of
+        the whole model, as the layers before the cut do not depend on the mode); then the
+        mixed output runs through the layers after the cut again, in the model's own mode."""
+        pol = self.policy
+        h = x
+        for m in split.prefix:
+            h = m(h)
+        with eval_mode(*split.suffix), torch.no_grad():
+            c = h
+            for m in split.suffix:
+                c = m(c)
+        conf = torch.softmax(c.float(), -1).amax(-1)
+        alpha = pol.confmix_alpha(conf, c.shape[-1], check=False).double().numpy()
+        plan, lam = self._sampler.next_plan(x.shape[0], pol.beta_parameter(alpha))
+        pol.record(alpha, lam)
+        plan = plan.to(x.device)
+        h = mix(h, plan)
+        for m in split.suffix:
+            h = m(h)
+        return self._finish(y, rows, index, h, plan, layer)
 
     def _label_rows(self, y: Tensor, k: int) -> Tensor:
         """Float rows [B, k] of the (smoothed) one-hot targets of class indices y [B], read from
@@ -327,6 +423,9 @@ class ManifoldMixup(nn.Module):
                 state.plan = None
             if not state.fired:
                 raise RuntimeError(f"layer {layer!r} did not run in the forward pass, so nothing was mixed")
+        return self._finish(y, rows, index, logits, plan, layer)
+
+    def _finish(self, y: Tensor, rows: Tensor | None, index: Tensor | None, logits: Any, plan: MixPlan, layer: str) -> tuple[Tensor, Tensor]:
         if not isinstance(logits, Tensor) or logits.ndim != 2:
             raise TypeError(f"the model must return logits [B, K]; got {getattr(logits, 'shape', type(logits))}")
         targets = self._targets(y, rows, logits, plan)

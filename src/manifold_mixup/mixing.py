@@ -146,9 +146,11 @@ class PlanSampler:
             raise ValueError(f"block must be an integer >= 1; got {block!r}")
         self.rng = np.random.default_rng(seed)
         self.block = block
-        self._key: tuple | None = None  # (alpha, B, per_sample) of the block below
+        self._key: tuple | None = None  # (alpha, B, per_sample) of the last request
         self._block: list[tuple[MixPlan, np.ndarray]] = []  # plans drawn ahead, used in order
         self._pos = 0
+        self._perms = np.zeros((0, 0), np.int64)  # permutations drawn ahead for single plans
+        self._perm_pos = 0
         self._uniforms: list[float] = []  # for layer choices, drawn ahead, used from the end
 
     def lam(self, alpha: float | np.ndarray, batch_size: int, per_sample: bool = True) -> np.ndarray:
@@ -177,34 +179,47 @@ class PlanSampler:
         perm, lam = self.draw(batch_size, alpha, per_sample)
         return MixPlan(torch.from_numpy(perm), torch.from_numpy(lam))
 
-    def _draw_block(self, n: int, batch_size: int, alpha: float | np.ndarray, per_sample: bool) -> list[tuple[MixPlan, np.ndarray]]:
-        rows = np.broadcast_to(np.arange(batch_size), (n, batch_size))
-        perms = self.rng.permuted(rows, axis=1)
-        lams = self._lam_rows(alpha, n, batch_size, per_sample).astype(np.float32)
+    def _plans(self, perms: np.ndarray, lams: np.ndarray, mixes: bool) -> list[tuple[MixPlan, np.ndarray]]:
+        """Plans from perm int64 [n, B] and lam float32 [n, B], with matrices for small batches."""
+        n, batch_size = perms.shape
         perm_t, lam_t = torch.from_numpy(perms).unbind(0), torch.from_numpy(lams).unbind(0)
-        mixes = isinstance(alpha, np.ndarray) or alpha > 0
         if mixes and batch_size <= DENSE_MAX_BATCH:
             mats = torch.from_numpy(mixing_matrices(perms, lams)).unbind(0)
         else:
             mats = [None] * n
         return [(MixPlan(p, l, m), lam) for p, l, m, lam in zip(perm_t, lam_t, mats, lams)]
 
+    def _next_perm(self, batch_size: int) -> np.ndarray:
+        """The next permutation (int64 [B]) from a block of permutations drawn ahead."""
+        if self._perm_pos >= len(self._perms) or self._perms.shape[1] != batch_size:
+            rows = np.broadcast_to(np.arange(batch_size), (self.block, batch_size))
+            self._perms, self._perm_pos = self.rng.permuted(rows, axis=1), 0
+        self._perm_pos += 1
+        return self._perms[self._perm_pos - 1]
+
     def next_plan(self, batch_size: int, alpha: float | np.ndarray, per_sample: bool = True) -> tuple[MixPlan, np.ndarray]:
         """The next plan for a training step (CPU tensors), and its lambdas as a numpy array.
 
-        alpha: a checked number, or a float64 array [B] of per-sample values (one plan at a time).
-        Plans are drawn ``block`` at a time while the request (alpha, B, per_sample) repeats.
+        alpha: a checked number, or a float64 array [B] of per-sample values.
+        While the request (alpha, B, per_sample) repeats, whole plans are drawn ``block`` at a
+        time; otherwise (per-sample alphas, an alpha that changes from call to call) lambdas are
+        drawn per call and permutations come from a block of their own.
         """
-        if isinstance(alpha, np.ndarray):
-            self._key = None
-            return self._draw_block(1, batch_size, alpha, True)[0]
-        key = (float(alpha), batch_size, bool(per_sample))
-        if key != self._key or self._pos >= len(self._block):
-            # a block only once the same request repeats: a changing alpha gets single plans
-            n = self.block if key == self._key else 1
-            self._block, self._key, self._pos = self._draw_block(n, batch_size, alpha, per_sample), key, 0
-        self._pos += 1
-        return self._block[self._pos - 1]
+        if not isinstance(alpha, np.ndarray):
+            key = (float(alpha), batch_size, bool(per_sample))
+            if key == self._key:
+                if self._pos >= len(self._block):
+                    rows = np.broadcast_to(np.arange(batch_size), (self.block, batch_size))
+                    perms = self.rng.permuted(rows, axis=1)
+                    lams = self._lam_rows(alpha, self.block, batch_size, per_sample).astype(np.float32)
+                    self._block, self._pos = self._plans(perms, lams, alpha > 0), 0
+                self._pos += 1
+                return self._block[self._pos - 1]
+            self._key, self._block, self._pos = key, [], 0  # a block once the request repeats
+        perm = self._next_perm(batch_size)
+        lam = self._lam_rows(alpha, 1, batch_size, per_sample).astype(np.float32)
+        mixes = isinstance(alpha, np.ndarray) or alpha > 0
+        return self._plans(perm[None], lam, mixes)[0]
 
     def choice(self, probs: np.ndarray | Sequence[float], cumulative: bool = False) -> int:
         """An index drawn with the given probabilities (no draw when there is one choice).

@@ -38,13 +38,14 @@ PAPER_CNN_MIX_LAYER = "flatten"
 
 
 @contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for a block, then restore every submodule's own mode
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Put ``models`` in eval mode for a block, then restore every submodule's own mode
     (``model.train(was)`` would also switch deliberately frozen submodules back to training)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    modes = [(m, m.training) for model in models for m in model.modules()]
+    for model in models:
+        model.eval()
     try:
-        yield model
+        yield models[0] if len(models) == 1 else models
     finally:
         for m, was in modes:
             m.training = was

@@ -186,44 +186,58 @@ class ConfMix(AlphaPolicy):
         self.warmup_epochs = warmup_epochs
         self.half = bool(half)
         self.confidence = confidence
-        self._cache: np.ndarray | None = None  # float32 [n_samples] max softmax, NaN where unseen
+        self._cache: Tensor | None = None  # float32 [n_samples] max softmax, NaN where unseen
 
     @property
     def in_warmup(self) -> bool:
         return self.epoch < self.warmup_epochs
 
-    def confmix_alpha(self, confidence: Tensor, num_classes: int) -> Tensor:
-        """alpha_i per row (before halving); zeros during warm-up."""
+    def confmix_alpha(self, confidence: Tensor, num_classes: int, check: bool = True) -> Tensor:
+        """alpha_i per row (before halving); zeros during warm-up. ``check=False`` skips the
+        range check, for confidences the library computed itself (softmax outputs)."""
         if self.in_warmup:
             return torch.zeros(confidence.shape[0])
-        return confmix_alpha(confidence.detach().float().cpu(), num_classes)
+        confidence = confidence.detach().float()
+        if check:
+            return confmix_alpha(confidence.cpu(), num_classes)
+        k = num_classes
+        return (confidence - 1.0 / k).mul_(k / (k - 1)).clamp_(0.0, 1.0).cpu()
 
     def beta_parameter(self, alpha: Tensor) -> Tensor:
         """The Beta parameter actually used for lambda_i: alpha_i, or alpha_i/2 for half ConfMix."""
         return alpha / 2 if self.half else alpha
 
     # -- cached confidences -------------------------------------------------------------
+    def _grow(self, index: Tensor, device: torch.device) -> Tensor:
+        """The cache, on ``device``, grown (with NaN, "unseen") to cover every index >= 0."""
+        need = 0
+        if index.numel():
+            lo, hi = torch.aminmax(index)
+            if int(lo) < 0:
+                raise ValueError(f"sample indices must be >= 0; got {int(lo)}")
+            need = int(hi) + 1
+        cache = self._cache
+        if cache is None or cache.shape[0] < need or cache.device != device:
+            size = max(need, 1 if cache is None else cache.shape[0])
+            grown = torch.full((size,), float("nan"), device=device)
+            if cache is not None:
+                grown[: cache.shape[0]] = cache.to(device)
+            cache = self._cache = grown
+        return cache
+
     def cached_confidence(self, index: Tensor, num_classes: int) -> Tensor:
         """Confidences [B] for sample indices; unseen samples get 1/K (so alpha 0)."""
-        idx = index.detach().cpu().numpy()
-        out = np.full(idx.shape[0], 1.0 / num_classes, dtype=np.float32)
-        if self._cache is not None:
-            inside = idx < self._cache.shape[0]
-            got = self._cache[idx[inside]]
-            out[inside] = np.where(np.isnan(got), out[inside], got)
-        return torch.from_numpy(out)
+        index = index.detach()
+        cache = self._grow(index, index.device if self._cache is None else self._cache.device)
+        got = torch.index_select(cache, 0, index.to(cache.device, torch.long))
+        return torch.nan_to_num(got, nan=1.0 / num_classes)
 
     def observe(self, index: Tensor, logits: Tensor) -> None:
         """Store max softmax of the training output rows under their sample indices."""
-        idx = index.detach().cpu().numpy()
-        conf = torch.softmax(logits.detach().float(), -1).amax(-1).cpu().numpy()
-        need = int(idx.max()) + 1 if idx.size else 0
-        if self._cache is None or self._cache.shape[0] < need:
-            grown = np.full(max(need, 1), np.nan, dtype=np.float32)
-            if self._cache is not None:
-                grown[: self._cache.shape[0]] = self._cache
-            self._cache = grown
-        self._cache[idx] = conf
+        index = index.detach()
+        conf = torch.softmax(logits.detach().float(), -1).amax(-1)
+        cache = self._grow(index, conf.device)
+        cache.index_copy_(0, index.to(cache.device, torch.long), conf)
 
 
 class HalfConfMix(ConfMix):
