@@ -1,0 +1,180 @@
+"""The mixer's fast paths give the numbers of the plain paths: dense mixing matrices, plans drawn
+in blocks, batched records, and fresh ConfMix through a model cut at the mixing layer."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import manifold_mixup as mm
+from manifold_mixup.manifold import sequential_split
+from manifold_mixup.mixing import MixPlan, PlanSampler, mix, mixing_matrices
+
+
+def _plan(b, seed=0):
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(b)
+    lam = rng.beta(0.5, 0.5, size=b).astype(np.float32)
+    lam[0] = 1.0  # an unmixed row
+    m = mixing_matrices(perm[None], lam[None])[0]
+    return MixPlan(torch.from_numpy(perm), torch.from_numpy(lam)), torch.from_numpy(m)
+
+
+def test_mixing_matrix_rows_hold_lambda_and_its_complement():
+    plan, m = _plan(9)
+    assert torch.allclose(m.sum(1), torch.ones(9))
+    h = torch.randn(9, 3)
+    hand = plan.lam[:, None] * h + (1 - plan.lam[:, None]) * h[plan.perm]
+    assert torch.allclose(m @ h, hand, atol=1e-6)
+    assert torch.equal((m @ h)[0], h[0])  # lam = 1 row passes through exactly
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (7, 2, 3, 4), (7,)])
+def test_dense_and_gather_forms_agree_in_values_and_gradients(shape):
+    plan, m = _plan(shape[0], seed=1)
+    dense = MixPlan(plan.perm, plan.lam, m)
+    h = torch.randn(*shape, requires_grad=True)
+    g = torch.randn(*shape)
+    a = mix(h, plan)
+    b = mix(h, dense)
+    assert b.shape == h.shape and b.dtype == h.dtype
+    assert torch.allclose(a, b, atol=1e-6)
+    ga, = torch.autograd.grad(a, h, g)
+    gb, = torch.autograd.grad(b, h, g)
+    assert torch.allclose(ga, gb, atol=1e-6)
+
+
+def test_dense_form_is_skipped_where_it_would_change_numbers():
+    plan, m = _plan(6, seed=2)
+    dense = MixPlan(plan.perm, plan.lam, m)
+    h64 = torch.randn(6, 4, dtype=torch.float64)  # float64: the float32 matrix would round
+    assert torch.equal(mix(h64, dense), mix(h64, plan))
+    ht = torch.randn(4, 6).t()  # not contiguous: keeps its layout through the gather form
+    assert torch.equal(mix(ht, dense), mix(ht, plan))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a matmul would come out in bfloat16
+        h = torch.randn(6, 4)
+        out = mix(h, dense)
+    assert out.dtype == torch.float32 and torch.equal(out, mix(h, plan))
+
+
+def test_block_sampler_is_reproducible_and_draws_valid_plans():
+    def run(seed):
+        s = PlanSampler(seed, block=4)
+        out = []
+        for step in range(11):
+            alpha = 0.5 if step < 7 else 0.1 * step  # constant, then changing every call
+            plan, lam = s.next_plan(8 if step != 5 else 5, alpha)
+            out.append((plan, lam))
+        return out
+
+    a, b, c = run(3), run(3), run(4)
+    for (pa, la), (pb, lb) in zip(a, b):
+        assert torch.equal(pa.perm, pb.perm) and torch.equal(pa.lam, pb.lam) and np.array_equal(la, lb)
+    assert any(not torch.equal(pa.lam, pc.lam) for (pa, _), (pc, _) in zip(a, c) if pa.lam.shape == pc.lam.shape)
+    for plan, lam in a:
+        b_ = plan.batch_size
+        assert sorted(plan.perm.tolist()) == list(range(b_))
+        assert ((plan.lam >= 0) & (plan.lam <= 1)).all() and np.array_equal(lam, plan.lam.numpy())
+        h = torch.randn(b_, 3)
+        assert torch.allclose(mix(h, plan), plan.lam[:, None] * h + (1 - plan.lam[:, None]) * h[plan.perm], atol=1e-6)
+    # per-sample alphas: zeros stay unmixed
+    s = PlanSampler(0)
+    plan, _ = s.next_plan(6, np.array([0.0, 1.0, 0.0, 2.0, 0.5, 0.0]))
+    assert plan.lam[[0, 2, 5]].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_records_summed_in_batches_match_the_plans():
+    model = mm.mlp(3, hidden=(8,), generator=torch.Generator().manual_seed(0))
+    mixer = mm.ManifoldMixup(model, ["relu1", "input"], alpha=0.7, generator=1)
+    x, y = torch.randn(10, 2), torch.arange(10) % 3
+    lams = {0: [], 1: []}
+    for step in range(1300):  # more than one batch of kept records
+        epoch = step / 650
+        mixer.set_epoch(epoch)
+        mixer(x, y)
+        lams[int(epoch)].append(mixer.last_plan.lam.numpy().astype(np.float64))
+    hist = mixer.policy.history()
+    assert [h["epoch"] for h in hist] == [0, 1]
+    for h in hist:
+        lam = np.concatenate(lams[h["epoch"]])
+        assert h["rows"] == lam.size
+        assert h["mean_lambda"] == pytest.approx(lam.mean(), rel=1e-6)
+        assert h["mean_partner_weight"] == pytest.approx(np.minimum(lam, 1 - lam).mean(), rel=1e-6)
+        assert h["mean_alpha"] == pytest.approx(0.7)
+
+
+def test_fresh_confmix_through_the_cut_model_gives_the_same_numbers():
+    results = []
+    for reuse in (True, False):
+        torch.manual_seed(0)
+        model = mm.paper_cnn((1, 8, 8), 10)
+        mixer = mm.ManifoldMixup(model, mm.PAPER_CNN_MIX_LAYER, alpha=mm.ConfMix(warmup_epochs=0),
+                                 num_classes=10, generator=7)
+        mixer.reuse_prefix = reuse
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(24, 1, 8, 8, generator=g), torch.randint(0, 10, (24,), generator=g)
+        out = []
+        for _ in range(3):
+            logits, targets = mixer(x, y)
+            mm.soft_cross_entropy(logits, targets).backward()
+            out.append((logits.detach(), targets, mixer.last_plan.lam, [p.grad.clone() for p in model.parameters()]))
+        results.append((out, mixer.policy.history()))
+    (a, ha), (b, hb) = results
+    assert ha == hb
+    for (la, ta, lama, ga), (lb, tb, lamb, gb) in zip(a, b):
+        assert torch.equal(la, lb) and torch.equal(ta, tb) and torch.equal(lama, lamb)
+        assert all(torch.equal(p, q) for p, q in zip(ga, gb))
+
+
+def test_the_cut_is_made_only_where_it_changes_nothing():
+    mlp = mm.mlp(4, hidden=(6, 6))
+    split = sequential_split(mlp, "relu1")
+    assert split is not None and [type(m) for m in split.prefix] == [nn.Linear, nn.ReLU]
+    x = torch.randn(5, 2)
+    h = x
+    for m in split.prefix + split.suffix:
+        h = m(h)
+    assert torch.equal(h, mlp(x))
+    nested = nn.Sequential(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 3)), nn.Tanh(), nn.Linear(3, 2))
+    split = sequential_split(nested, "0.1")
+    assert [type(m) for m in split.prefix] == [nn.Linear, nn.ReLU]
+    assert [type(m) for m in split.suffix] == [nn.Linear, nn.Tanh, nn.Linear]
+    # mode-dependent layers before the cut, custom containers, hooks, shared modules: no cut
+    bn = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2))
+    assert sequential_split(bn, "2") is None
+    assert sequential_split(nn.Sequential(nn.Linear(2, 3), nn.Dropout(0.5), nn.Linear(3, 2)), "1") is None
+    assert sequential_split(bn, "0") is not None  # BatchNorm after the cut runs in eval mode for confidences
+    assert sequential_split(mm.small_resnet((3, 8, 8), 10), "block1") is None
+    hooked = mm.mlp(4, hidden=(6,))
+    hooked.register_forward_hook(lambda m, a, o: None)
+    assert sequential_split(hooked, "relu1") is None
+    lin = nn.Linear(3, 3)
+    assert sequential_split(nn.Sequential(nn.Linear(2, 3), lin, nn.ReLU(), lin), "2") is None
+
+
+def test_fresh_confidence_after_the_cut_sees_eval_mode_dropout():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Dropout(0.9), nn.Linear(16, 3))
+    pol = mm.ConfMix(warmup_epochs=0)
+    mixer = mm.ManifoldMixup(model, "1", alpha=pol, num_classes=3, generator=0)
+    assert mixer._split("1") is not None
+    x, y = torch.randn(32, 2), torch.randint(0, 3, (32,))
+    mixer(x, y)
+    model.eval()
+    conf = torch.softmax(model(x), -1).amax(-1)
+    model.train()
+    expected = mm.confmix_alpha(conf, 3).double().mean().item()
+    assert pol.history()[0]["mean_alpha"] == pytest.approx(expected, rel=1e-5)
+    assert model.training and model[2].training
+
+
+def test_num_classes_must_match_the_logits():
+    mixer = mm.ManifoldMixup(mm.mlp(3, hidden=(4,)), "relu1", num_classes=4, generator=0)
+    with pytest.raises(ValueError, match="3 logits per row but num_classes=4"):
+        mixer(torch.randn(5, 2), torch.tensor([0, 1, 2, 3, 0]))
+
+
+def test_cached_confidence_refuses_negative_indices():
+    pol = mm.ConfMix(confidence="cached")
+    with pytest.raises(ValueError, match="indices must be >= 0"):
+        pol.cached_confidence(torch.tensor([0, -1]), 3)
