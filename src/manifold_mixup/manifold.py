@@ -132,12 +132,13 @@ def sequential_split(model: nn.Module, name: str) -> _Split | None:
 class _CallState:
     """Per-call state of a mixer, kept off ``nn.Module.__setattr__`` (slow, and called per step)."""
 
-    __slots__ = ("plan", "fired", "last_plan")
+    __slots__ = ("plan", "fired", "last_plan", "looked_up")
 
     def __init__(self) -> None:
         self.plan: MixPlan | None = None  # the plan of the call in progress
         self.fired = False
         self.last_plan: LastPlan | None = None
+        self.looked_up = False  # ConfMix's cache was read (and grown) for this call's indices
 
 
 class ManifoldMixup(nn.Module):
@@ -268,7 +269,9 @@ class ManifoldMixup(nn.Module):
                 raise ValueError("ConfMix(confidence='cached') needs the batch's sample indices: mixer(x, y, index=idx)")
             if k is None:
                 raise ValueError("ConfMix(confidence='cached') needs num_classes=K on the mixer")
-            return pol.cached_confidence(index, k), k
+            conf = pol.cached_confidence(index, k)
+            self._state.looked_up = True  # the cache now covers these indices
+            return conf, k
         with eval_mode(self.model), torch.no_grad():
             logits = self.model(x)
         probs = torch.softmax(logits.float(), -1)
@@ -430,6 +433,7 @@ class ManifoldMixup(nn.Module):
             raise TypeError(f"the model must return logits [B, K]; got {getattr(logits, 'shape', type(logits))}")
         targets = self._targets(y, rows, logits, plan)
         if isinstance(self.policy, ConfMix) and self.policy.confidence == "cached" and index is not None:
-            self.policy.observe(index, logits)
+            self.policy.observe(index, logits, grown=self._state.looked_up)
+        self._state.looked_up = False
         self._state.last_plan = LastPlan(plan.perm, plan.lam, layer)
         return logits, targets

@@ -150,6 +150,7 @@ class PlanSampler:
         self._block: list[tuple[MixPlan, np.ndarray]] = []  # plans drawn ahead, used in order
         self._pos = 0
         self._perms = np.zeros((0, 0), np.int64)  # permutations drawn ahead for single plans
+        self._perm_t: Sequence[Tensor] = ()
         self._perm_pos = 0
         self._uniforms: list[float] = []  # for layer choices, drawn ahead, used from the end
 
@@ -189,13 +190,33 @@ class PlanSampler:
             mats = [None] * n
         return [(MixPlan(p, l, m), lam) for p, l, m, lam in zip(perm_t, lam_t, mats, lams)]
 
-    def _next_perm(self, batch_size: int) -> np.ndarray:
-        """The next permutation (int64 [B]) from a block of permutations drawn ahead."""
-        if self._perm_pos >= len(self._perms) or self._perms.shape[1] != batch_size:
+    def _next_perm(self, batch_size: int) -> tuple[np.ndarray, Tensor]:
+        """The next permutation (int64 [B], numpy and torch) from a block drawn ahead."""
+        if self._perm_pos >= len(self._perm_t) or self._perms.shape[1] != batch_size:
             rows = np.broadcast_to(np.arange(batch_size), (self.block, batch_size))
-            self._perms, self._perm_pos = self.rng.permuted(rows, axis=1), 0
+            self._perms = self.rng.permuted(rows, axis=1)
+            self._perm_t, self._perm_pos = torch.from_numpy(self._perms).unbind(0), 0
+        i = self._perm_pos
         self._perm_pos += 1
-        return self._perms[self._perm_pos - 1]
+        return self._perms[i], self._perm_t[i]
+
+    def _single_plan(self, batch_size: int, alpha: float | np.ndarray, per_sample: bool) -> tuple[MixPlan, np.ndarray]:
+        """One plan, lambdas drawn now (kept lean: it runs every step under ConfMix)."""
+        perm, perm_t = self._next_perm(batch_size)
+        if isinstance(alpha, np.ndarray):
+            lam = (self.rng.beta(alpha, alpha) if alpha.min() > 0 else _beta_rows(self.rng, alpha)).astype(np.float32)
+            mixes = True
+        else:
+            lam = self._lam_rows(alpha, 1, batch_size, per_sample)[0].astype(np.float32)
+            mixes = alpha > 0
+        m = None
+        if mixes and batch_size <= DENSE_MAX_BATCH:
+            rows = np.arange(batch_size)
+            mat = np.zeros((batch_size, batch_size), np.float32)
+            mat[rows, rows] = lam
+            mat[rows, perm] += 1 - lam
+            m = torch.from_numpy(mat)
+        return MixPlan(perm_t, torch.from_numpy(lam), m), lam
 
     def next_plan(self, batch_size: int, alpha: float | np.ndarray, per_sample: bool = True) -> tuple[MixPlan, np.ndarray]:
         """The next plan for a training step (CPU tensors), and its lambdas as a numpy array.
@@ -216,10 +237,7 @@ class PlanSampler:
                 self._pos += 1
                 return self._block[self._pos - 1]
             self._key, self._block, self._pos = key, [], 0  # a block once the request repeats
-        perm = self._next_perm(batch_size)
-        lam = self._lam_rows(alpha, 1, batch_size, per_sample).astype(np.float32)
-        mixes = isinstance(alpha, np.ndarray) or alpha > 0
-        return self._plans(perm[None], lam, mixes)[0]
+        return self._single_plan(batch_size, alpha, per_sample)
 
     def choice(self, probs: np.ndarray | Sequence[float], cumulative: bool = False) -> int:
         """An index drawn with the given probabilities (no draw when there is one choice).
@@ -282,7 +300,7 @@ def identity_plan(batch_size: int, device: torch.device | str = "cpu") -> MixPla
 
 def mix(h: Tensor, plan: MixPlan) -> Tensor:
     """Mix a batch-first tensor h [B, ...]: ``lam*h + (1-lam)*h[perm]``, in h's dtype and device."""
-    if h.ndim == 0 or h.shape[0] != plan.batch_size:
+    if h.ndim == 0 or h.shape[0] != plan.perm.shape[0]:
         raise ValueError(
             f"cannot mix a tensor of shape {tuple(h.shape)} with a plan for a batch of {plan.batch_size}: "
             "the mixed tensor must be batch-first"

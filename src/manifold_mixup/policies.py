@@ -166,7 +166,10 @@ class ConfMix(AlphaPolicy):
     confidence: where the confidence at x_i comes from.
       - ``"fresh"`` (default): a no-grad forward of the current model on the clean batch, with the
         model switched to eval mode for that forward (BatchNorm uses its running statistics and
-        is not updated, dropout is off), then switched back. Costs one extra forward pass.
+        is not updated, dropout is off), then switched back. Costs one extra forward pass, or,
+        when the model is a plain ``nn.Sequential`` whose layers up to the mixing point do not
+        depend on the mode, only a no-grad pass through the layers after it (``ManifoldMixup``
+        then runs the layers before it once; the numbers are the same).
       - ``"cached"``: the max softmax of row i's training output in the previous epoch, kept per
         sample index (the loop passes ``index=``). Exact for rows trained unmixed (the warm-up
         epochs, rows with alpha_i = 0); for mixed rows it is the confidence at the mixed point
@@ -232,11 +235,13 @@ class ConfMix(AlphaPolicy):
         got = torch.index_select(cache, 0, index.to(cache.device, torch.long))
         return torch.nan_to_num(got, nan=1.0 / num_classes)
 
-    def observe(self, index: Tensor, logits: Tensor) -> None:
-        """Store max softmax of the training output rows under their sample indices."""
+    def observe(self, index: Tensor, logits: Tensor, grown: bool = False) -> None:
+        """Store max softmax of the training output rows under their sample indices.
+        grown: the cache already covers ``index`` on the logits' device (the mixer looked the
+        same indices up before the forward), so the range check is not repeated."""
         index = index.detach()
         conf = torch.softmax(logits.detach().float(), -1).amax(-1)
-        cache = self._grow(index, conf.device)
+        cache = self._cache if grown and self._cache is not None and self._cache.device == conf.device else self._grow(index, conf.device)
         cache.index_copy_(0, index.to(cache.device, torch.long), conf)
 
 
