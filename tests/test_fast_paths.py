@@ -178,3 +178,138 @@ def test_cached_confidence_refuses_negative_indices():
     pol = mm.ConfMix(confidence="cached")
     with pytest.raises(ValueError, match="indices must be >= 0"):
         pol.cached_confidence(torch.tensor([0, -1]), 3)
+
+
+# -- regressions found in review ----------------------------------------------------------
+def _confmix_run(model_fn, layer, reuse, k=3):
+    torch.manual_seed(0)
+    model = model_fn().train()
+    mixer = mm.ManifoldMixup(model, layer, alpha=mm.ConfMix(warmup_epochs=0), generator=1, num_classes=k)
+    mixer.reuse_prefix = reuse
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(6, 5, generator=g), torch.randint(0, k, (6,), generator=g)
+    logits, targets = mixer(x, y)
+    mm.soft_cross_entropy(logits, targets).backward()
+    return logits.detach(), [p.grad.clone() for p in model.parameters()], mixer
+
+
+def test_in_place_layer_after_the_cut_does_not_change_the_numbers():
+    make = lambda: nn.Sequential(nn.Linear(5, 8), nn.ReLU(inplace=True), nn.Linear(8, 3))  # noqa: E731
+    a, ga, mixer = _confmix_run(make, "0", True)
+    assert mixer._split("0") is not None  # the cut is taken, with the clean output protected
+    b, gb, _ = _confmix_run(make, "0", False)
+    assert torch.equal(a, b) and all(torch.equal(p, q) for p, q in zip(ga, gb))
+
+
+def test_hooks_before_the_cut_or_added_later_refuse_the_cut():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sn = lambda: nn.Sequential(nn.utils.spectral_norm(nn.Linear(5, 8)), nn.Linear(8, 3))  # noqa: E731
+        a, _, mixer = _confmix_run(sn, "0", True)
+        b, _, _ = _confmix_run(sn, "0", False)
+    assert mixer._split("0") is None and torch.equal(a, b)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Linear(8, 3)).train()
+    mixer = mm.ManifoldMixup(model, "0", alpha=mm.ConfMix(warmup_epochs=0), generator=1, num_classes=3)
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    mixer(x, y)
+    assert mixer._split("0") is not None
+    calls = []
+    handle = model.register_forward_hook(lambda m, i, o: calls.append(1))
+    mixer(x, y)
+    assert calls and mixer._split("0") is None
+    handle.remove()
+    assert mixer._split("0") is not None
+
+
+def test_label_smoothing_changed_later_is_used():
+    mixer = mm.ManifoldMixup(nn.Sequential(nn.Linear(5, 3)), "input", alpha=1.0, generator=1, num_classes=3)
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    mixer(x, y)
+    mixer.label_smoothing = 0.3
+    _, t = mixer(x, y)
+    assert t.min().item() >= 0.1 - 1e-6 and torch.allclose(t.sum(1), torch.ones(6))
+
+
+def test_many_classes_use_direct_one_hot_rows():
+    from manifold_mixup import manifold
+
+    k = manifold._MAX_CACHED_CLASSES + 1
+    mixer = mm.ManifoldMixup(nn.Sequential(nn.Linear(5, k)), "input", alpha=1.0, generator=1, num_classes=k,
+                             label_smoothing=0.1)
+    y = torch.tensor([0, k - 1, 5, 5])
+    rows = mixer._label_rows(y, k)
+    assert torch.allclose(rows, mm.soft_targets(y, k, 0.1)) and not mixer._eyes
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, "):
+        mixer._label_rows(torch.tensor([0, k]), k)
+
+
+def test_nan_confidences_and_one_class_are_refused():
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.lin(x) * float("nan")
+
+    mixer = mm.ManifoldMixup(Bad(), "lin", alpha=mm.ConfMix(warmup_epochs=0), generator=1, num_classes=3)
+    with pytest.raises(ValueError, match="NaN"):
+        mixer(torch.randn(6, 5), torch.randint(0, 3, (6,)))
+    mixer = mm.ManifoldMixup(nn.Sequential(nn.Linear(5, 1)), "0", alpha=mm.ConfMix(warmup_epochs=0), generator=1)
+    with pytest.raises(ValueError, match="K >= 2"):
+        mixer(torch.randn(6, 5), torch.rand(6, 1))
+
+
+def test_a_policy_reusing_its_alpha_tensor_is_recorded_as_given():
+    class Buffered(mm.AlphaPolicy):
+        def __init__(self):
+            super().__init__()
+            self.buf = torch.zeros(6, dtype=torch.float64)
+
+        def alpha(self, batch_size, confidence=None):
+            return self.buf.fill_(1.0 if self.epoch < 1 else 0.0)
+
+    pol = Buffered()
+    mixer = mm.ManifoldMixup(nn.Sequential(nn.Linear(5, 3)), "input", alpha=pol, generator=1)
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    for epoch in (0, 1):
+        pol.set_epoch(epoch)
+        mixer(x, y)
+    assert [h["mean_alpha"] for h in pol.history()] == [1.0, 0.0]
+
+
+def test_failed_call_leaves_no_state_behind():
+    class Flaky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(5, 3)
+            self.fail = False
+
+        def forward(self, x):
+            if self.fail:
+                raise RuntimeError("boom")
+            return self.a(x)
+
+    model = Flaky()
+    mixer = mm.ManifoldMixup(model, "a", alpha=mm.ConfMix(warmup_epochs=0, confidence="cached"), generator=1, num_classes=3)
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    mixer(x, y, index=torch.arange(6))
+    model.fail = True
+    with pytest.raises(RuntimeError, match="boom"):
+        mixer(x, y, index=torch.arange(6))
+    model.fail = False
+    last = mixer.last_plan
+    mixer(x, y, index=torch.arange(100, 106), plan=MixPlan(last.perm, last.lam), layer="a")  # grows the cache
+
+
+def test_replaying_the_last_plan_gives_the_same_numbers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+    mixer = mm.ManifoldMixup(model, "1", alpha=1.0, generator=3, num_classes=3)
+    x, y = torch.randn(32, 5), torch.randint(0, 3, (32,))
+    logits, targets = mixer(x, y)
+    last = mixer.last_plan
+    again, t2 = mixer(x, y, plan=MixPlan(last.perm, last.lam), layer=last.layer)
+    assert torch.equal(logits, again) and torch.equal(targets, t2)

@@ -22,13 +22,14 @@ from torch import Tensor, nn
 
 import numpy as np
 
-from .mixing import MixPlan, PlanSampler, check_alpha, check_label_range, mix, mix_targets, soft_targets
+from .mixing import MixPlan, PlanSampler, check_alpha, check_label_range, mix, mix_targets, soft_targets, with_matrix
 from .models import eval_mode
 from .policies import AlphaPolicy, ConfMix, Constant, RampDown, RampUp, as_policy
 
 __all__ = ["ManifoldMixup", "LastPlan"]
 
 INPUT = "input"
+_MAX_CACHED_CLASSES = 1024  # above this K, one-hot rows are written per call instead of read from an identity
 _CHECKED_POLICIES = (Constant, RampUp, RampDown)  # their alpha is valid by construction
 
 # How to find the tensor to mix in a module output that is a tuple, list or dict:
@@ -100,18 +101,28 @@ class _Split(NamedTuple):
 
     prefix: list[nn.Module]
     suffix: list[nn.Module]
+    containers: list[nn.Module]  # the nn.Sequential containers on the path to the layer
+    prefix_modules: list[nn.Module]  # every module in the prefix, nested ones included
+    suffix_inplace: bool  # a module after the cut may write into its input
+
+    def hooked(self) -> bool:
+        """Hooks on a container on the path or on any module up to the cut (checked per call:
+        hooks may come and go; a hook could depend on the mode, or would be skipped)."""
+        return any(_has_hooks(m) for m in self.containers) or any(_has_hooks(m) for m in self.prefix_modules)
 
 
 def sequential_split(model: nn.Module, name: str) -> _Split | None:
     """Cut ``model`` at the layer ``name`` if that changes nothing: every container on the path
     is a plain ``nn.Sequential`` (its own forward, no hooks), no module appears twice, and every
-    module up to the layer behaves the same in train and eval mode. Otherwise None."""
+    module up to the layer behaves the same in train and eval mode and has no hooks. Otherwise None."""
     before: list[nn.Module] = []
     after: list[nn.Module] = []
+    containers: list[nn.Module] = []
     node = model
     for part in name.split("."):
-        if not isinstance(node, nn.Sequential) or type(node).forward is not nn.Sequential.forward or _has_hooks(node):
+        if not isinstance(node, nn.Sequential) or type(node).forward is not nn.Sequential.forward:
             return None
+        containers.append(node)
         names = list(node._modules)
         if part not in names:
             return None
@@ -124,9 +135,12 @@ def sequential_split(model: nn.Module, name: str) -> _Split | None:
     chain = prefix + after
     if any(m is None for m in chain) or len({id(m) for m in chain}) != len(chain):
         return None
-    if not all(type(m) in _MODE_FREE for top in prefix for m in top.modules()):
+    prefix_modules = [m for top in prefix for m in top.modules()]
+    if not all(type(m) in _MODE_FREE for m in prefix_modules):
         return None
-    return _Split(prefix, after)
+    inplace = any(getattr(m, "inplace", False) for top in after for m in top.modules())
+    split = _Split(prefix, after, containers, prefix_modules, inplace)
+    return None if split.hooked() else split
 
 
 class _CallState:
@@ -209,7 +223,7 @@ class ManifoldMixup(nn.Module):
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self._state = _CallState()
-        self._eyes: dict[tuple[int, torch.device], Tensor] = {}  # (smoothed) identities by (K, device)
+        self._eyes: dict[tuple[int, float, torch.device], Tensor] = {}  # (smoothed) identities by (K, eps, device)
         self._splits: dict[str, _Split | None] = {}
         # fresh ConfMix: run the layers before the mixing point once where the model allows it
         # (``sequential_split``); False always runs a separate eval-mode forward for confidences
@@ -296,6 +310,7 @@ class ManifoldMixup(nn.Module):
         """
         if self._removed:
             raise RuntimeError("this mixer was removed (mixer.remove() or the end of its with-block); make a new one")
+        self._state.looked_up = False  # (a call that failed half-way must not leave it set)
         b = x.shape[0]
         if y.shape[0] != b:
             raise ValueError(f"targets have batch size {y.shape[0]} but the input has {b}")
@@ -318,7 +333,7 @@ class ManifoldMixup(nn.Module):
                 raise ValueError(f"layer {layer!r} is not among this mixer's layers {self.layers}")
             if plan.batch_size != b:
                 raise ValueError(f"the plan is for a batch of {plan.batch_size} but the input has {b} rows")
-            return self._mixed_forward(x, y, rows, index, plan.to(x.device), layer)
+            return self._mixed_forward(x, y, rows, index, with_matrix(plan).to(x.device), layer)
         if self._sampler is None:
             self._sampler = PlanSampler(self.generator)
         sampler = self._sampler
@@ -333,7 +348,7 @@ class ManifoldMixup(nn.Module):
                 conf, k_seen = self._confidence(x, index, k)
                 alpha = pol.confmix_alpha(conf, k_seen, check=False).double().numpy()
             plan, lam = sampler.next_plan(b, pol.beta_parameter(alpha))
-            pol.record(alpha, lam)  # alpha_i itself, before halving
+            self._record(alpha, lam)  # alpha_i itself, before halving
         else:
             alpha = pol.alpha(b)
             if isinstance(alpha, Tensor):  # per-sample values from a custom policy
@@ -341,12 +356,21 @@ class ManifoldMixup(nn.Module):
                     raise ValueError(f"{type(pol).__name__}.alpha returned a tensor of shape {tuple(alpha.shape)}; "
                                      f"expected [{b}] (and per_sample=True)")
                 check_alpha(alpha, f"{type(pol).__name__}.alpha")
-                alpha = alpha.detach().to("cpu", torch.float64).numpy()
+                alpha = alpha.detach().to("cpu", torch.float64).numpy().copy()  # the policy may reuse its tensor
             elif type(pol) not in _CHECKED_POLICIES:  # built-in policies give valid values
                 check_alpha(alpha, f"{type(pol).__name__}.alpha")
             plan, lam = sampler.next_plan(b, alpha, self.per_sample)
-            pol.record(alpha, lam)
+            self._record(alpha, lam)
         return self._mixed_forward(x, y, rows, index, plan.to(x.device), layer)
+
+    def _record(self, alpha: float | np.ndarray, lam: np.ndarray) -> None:
+        """Hand a batch's alpha and lambdas to the policy (the arrays are fresh: not copied,
+        unless a policy overrides ``record``)."""
+        pol = self.policy
+        if type(pol).record is AlphaPolicy.record:
+            pol._keep(alpha, lam)
+        else:
+            pol.record(alpha, lam)
 
     def _split(self, layer: str) -> _Split | None:
         """The model cut at ``layer`` for fresh ConfMix (cached per layer), or None."""
@@ -354,7 +378,8 @@ class ManifoldMixup(nn.Module):
             return None
         if layer not in self._splits:
             self._splits[layer] = sequential_split(self.model, layer)
-        return self._splits[layer]
+        split = self._splits[layer]
+        return None if split is None or split.hooked() else split
 
     def _split_forward(self, x: Tensor, y: Tensor, rows: Tensor | None, index: Tensor | None, layer: str, split: _Split) -> tuple[Tensor, Tensor]:
         """Fresh ConfMix through a cut model: the layers up to the mixing point run once, on the
@@ -367,13 +392,13 @@ class ManifoldMixup(nn.Module):
         for m in split.prefix:
             h = m(h)
         with eval_mode(*split.suffix), torch.no_grad():
-            c = h
+            c = h.clone() if split.suffix_inplace else h  # an in-place layer must not write into h
             for m in split.suffix:
                 c = m(c)
         conf = torch.softmax(c.float(), -1).amax(-1)
         alpha = pol.confmix_alpha(conf, c.shape[-1], check=False).double().numpy()
         plan, lam = self._sampler.next_plan(x.shape[0], pol.beta_parameter(alpha))
-        pol.record(alpha, lam)
+        self._record(alpha, lam)
         plan = plan.to(x.device)
         h = mix(h, plan)
         for m in split.suffix:
@@ -385,15 +410,20 @@ class ManifoldMixup(nn.Module):
         a cached identity; raises ValueError for labels outside [0, k)."""
         if y.ndim != 1:
             raise ValueError(f"class-index targets must have shape [B]; got {tuple(y.shape)}")
-        eye = self._eyes.get((k, y.device))
-        if eye is None:
-            eye = torch.eye(k, device=y.device)
-            if self.label_smoothing:
-                eye = eye * (1 - self.label_smoothing) + self.label_smoothing / k
-            self._eyes[(k, y.device)] = eye
+        eps = self.label_smoothing
         if y.device.type != "cpu":
             check_label_range(y, k)  # an index out of range would be a device-side assertion
         try:
+            if k > _MAX_CACHED_CLASSES:  # no K x K identity: one-hot rows written directly
+                rows = torch.zeros(y.shape[0], k, device=y.device).scatter_(1, y.long().unsqueeze(1), 1.0)
+                return rows.mul_(1 - eps).add_(eps / k) if eps else rows
+            key = (k, eps, y.device)
+            eye = self._eyes.get(key)
+            if eye is None:
+                eye = torch.eye(k, device=y.device)
+                if eps:
+                    eye = eye * (1 - eps) + eps / k
+                self._eyes[key] = eye
             return torch.index_select(eye, 0, y.long())
         except (IndexError, RuntimeError):  # on the CPU the lookup itself checks the range
             check_label_range(y, k)

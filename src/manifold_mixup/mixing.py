@@ -58,7 +58,9 @@ class MixPlan:
       column i and 1 - lam[i] at column perm[i]). Plans drawn by the mixer carry it for small
       batches: on the CPU one matrix product, forward and backward, costs less than the gather,
       interpolation and scatter it replaces. ``mix`` uses it for contiguous float32 CPU tensors
-      outside autocast, and the gather + lerp form otherwise.
+      outside autocast (and with float32 matmul precision "highest"), and the gather + lerp form
+      otherwise. The two forms agree to float32 rounding, except that a non-finite value in one
+      row of h spreads to every row of the matrix form (0 * inf is NaN).
     """
 
     perm: Tensor
@@ -86,6 +88,17 @@ class MixPlan:
         if m is not None:
             m = m.to(device) if torch.device(device).type == "cpu" else None  # used on the CPU only
         return MixPlan(self.perm.to(device, non_blocking=True), self.lam.to(device, non_blocking=True), m)
+
+
+def with_matrix(plan: MixPlan) -> MixPlan:
+    """``plan`` with its dense matrix, as the mixer's own plans have it (for a CPU plan of at most
+    ``DENSE_MAX_BATCH`` rows; otherwise the plan as it is). Replaying a recorded plan through it
+    gives the same numbers as the original call."""
+    if plan.matrix is not None or plan.batch_size > DENSE_MAX_BATCH or plan.perm.device.type != "cpu":
+        return plan
+    perm = plan.perm.numpy()[None]
+    lam = plan.lam.detach().cpu().numpy()[None]
+    return MixPlan(plan.perm, plan.lam, torch.from_numpy(mixing_matrices(perm, lam)[0]))
 
 
 def mixing_matrices(perm: np.ndarray, lam: np.ndarray) -> np.ndarray:
@@ -306,7 +319,8 @@ def mix(h: Tensor, plan: MixPlan) -> Tensor:
             "the mixed tensor must be batch-first"
         )
     m = plan.matrix
-    if m is not None and h.dtype == m.dtype and h.device == m.device and h.is_contiguous() and not _autocast_enabled(h.device.type):
+    if (m is not None and h.dtype == m.dtype and h.device == m.device and h.is_contiguous()
+            and not _autocast_enabled(h.device.type) and torch.get_float32_matmul_precision() == "highest"):
         return torch.mm(m, h.view(h.shape[0], -1)).view(h.shape)
     lam = plan.lam.to(device=h.device, dtype=h.dtype).view((-1,) + (1,) * (h.ndim - 1))
     # lerp(a, b, w) = a + w (b - a), one fused kernel; exact at w = 1 (gives b) and w = 0 (gives a)

@@ -66,13 +66,14 @@ class AlphaPolicy:
 
     def record(self, alpha: float | np.ndarray | Tensor, lam: np.ndarray | Tensor) -> None:
         """Add one batch to the per-epoch statistics (alpha as given to the rows, lambda drawn).
+        Arrays are copied (the caller may reuse them) and summed a few hundred batches at a time."""
+        lam = lam.detach().cpu().numpy() if isinstance(lam, Tensor) else lam
+        alpha = alpha.detach().cpu().numpy() if isinstance(alpha, Tensor) else alpha
+        self._keep(alpha.copy() if isinstance(alpha, np.ndarray) else alpha, np.array(lam, copy=True))
 
-        The arrays are kept (not copied: callers pass fresh arrays) and summed a few hundred
-        batches at a time, which keeps numpy out of most training steps."""
-        if isinstance(lam, Tensor):
-            lam = lam.detach().cpu().numpy()
-        if isinstance(alpha, Tensor):
-            alpha = alpha.detach().cpu().numpy()
+    def _keep(self, alpha: float | np.ndarray, lam: np.ndarray) -> None:
+        """``record`` for arrays that nobody else writes to (the mixer's own): kept as they are,
+        which keeps numpy out of most training steps."""
         self._pending.append((int(self.epoch), alpha, lam))
         if len(self._pending) >= 512:
             self._flush()
@@ -204,7 +205,12 @@ class ConfMix(AlphaPolicy):
         if check:
             return confmix_alpha(confidence.cpu(), num_classes)
         k = num_classes
-        return (confidence - 1.0 / k).mul_(k / (k - 1)).clamp_(0.0, 1.0).cpu()
+        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+            raise ValueError(f"ConfMix needs num_classes K >= 2; got {k!r}")
+        alpha = (confidence - 1.0 / k).mul_(k / (k - 1)).clamp_(0.0, 1.0).cpu()
+        if alpha.isnan().any():  # softmax of non-finite logits
+            raise ValueError("the model's confidences are NaN (non-finite logits?); ConfMix cannot set alpha from them")
+        return alpha
 
     def beta_parameter(self, alpha: Tensor) -> Tensor:
         """The Beta parameter actually used for lambda_i: alpha_i, or alpha_i/2 for half ConfMix."""
@@ -236,7 +242,8 @@ class ConfMix(AlphaPolicy):
         return torch.nan_to_num(got, nan=1.0 / num_classes)
 
     def observe(self, index: Tensor, logits: Tensor, grown: bool = False) -> None:
-        """Store max softmax of the training output rows under their sample indices.
+        """Store max softmax of the training output rows under their sample indices (an index
+        repeated within one batch keeps one of its rows' values: the last on the CPU, any on CUDA).
         grown: the cache already covers ``index`` on the logits' device (the mixer looked the
         same indices up before the forward), so the range check is not repeated."""
         index = index.detach()
