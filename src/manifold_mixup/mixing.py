@@ -105,9 +105,9 @@ def mixing_matrices(perm: np.ndarray, lam: np.ndarray) -> np.ndarray:
     """float32 [n, B, B] matrices of plans given as perm int [n, B] and lam [n, B]: row i of plan s
     holds lam[s, i] at column i and 1 - lam[s, i] at column perm[s, i] (summed where they meet)."""
     n, b = perm.shape
-    lam = lam.astype(np.float32)
+    lam = np.asarray(lam, np.float32)
     m = np.zeros((n, b, b), np.float32)
-    s, i = np.arange(n)[:, None], np.arange(b)[None, :]
+    s, i = np.arange(n)[:, None], np.arange(b)
     m[s, i, i] = lam
     m[s, i, perm] += 1 - lam
     return m
@@ -183,16 +183,6 @@ class PlanSampler:
         # the same draws as Beta with an array of equal parameters, without building the array
         return self.rng.beta(alpha, alpha, size=(n, batch_size))
 
-    def draw(self, batch_size: int, alpha: float | np.ndarray, per_sample: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """A permutation (int64 [B]), then lambdas (float32 [B]), as numpy arrays (no blocks)."""
-        perm = self.rng.permutation(batch_size)
-        return perm, self.lam(alpha, batch_size, per_sample).astype(np.float32)
-
-    def plan(self, batch_size: int, alpha: float | np.ndarray, per_sample: bool = True) -> MixPlan:
-        """A permutation, then lambdas, as CPU tensors (int64 [B], float32 [B]) (no blocks)."""
-        perm, lam = self.draw(batch_size, alpha, per_sample)
-        return MixPlan(torch.from_numpy(perm), torch.from_numpy(lam))
-
     def _plans(self, perms: np.ndarray, lams: np.ndarray, mixes: bool) -> list[tuple[MixPlan, np.ndarray]]:
         """Plans from perm int64 [n, B] and lam float32 [n, B], with matrices for small batches."""
         n, batch_size = perms.shape
@@ -224,11 +214,7 @@ class PlanSampler:
             mixes = alpha > 0
         m = None
         if mixes and batch_size <= DENSE_MAX_BATCH:
-            rows = np.arange(batch_size)
-            mat = np.zeros((batch_size, batch_size), np.float32)
-            mat[rows, rows] = lam
-            mat[rows, perm] += 1 - lam
-            m = torch.from_numpy(mat)
+            m = torch.from_numpy(mixing_matrices(perm[None], lam[None])[0])
         return MixPlan(perm_t, torch.from_numpy(lam), m), lam
 
     def next_plan(self, batch_size: int, alpha: float | np.ndarray, per_sample: bool = True) -> tuple[MixPlan, np.ndarray]:
