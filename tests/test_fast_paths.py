@@ -313,3 +313,16 @@ def test_replaying_the_last_plan_gives_the_same_numbers():
     last = mixer.last_plan
     again, t2 = mixer(x, y, plan=MixPlan(last.perm, last.lam), layer=last.layer)
     assert torch.equal(logits, again) and torch.equal(targets, t2)
+
+
+def test_global_module_hooks_refuse_the_cut():
+    from torch.nn.modules.module import register_module_forward_hook
+
+    mixer = mm.ManifoldMixup(mm.mlp(3, hidden=(4,)), "relu1", alpha=mm.ConfMix(warmup_epochs=0), generator=0)
+    assert mixer._split("relu1") is not None
+    handle = register_module_forward_hook(lambda m, i, o: None)
+    try:
+        assert mixer._split("relu1") is None
+    finally:
+        handle.remove()
+    assert mixer._split("relu1") is not None

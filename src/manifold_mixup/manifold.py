@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as _torch_module
 
 import numpy as np
 
@@ -89,11 +90,12 @@ def _has_hooks(m: nn.Module) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None))
 
 
-def _global_hooks() -> bool:
-    from torch.nn.modules import module as _module
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks")
 
-    names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks")
-    return any(getattr(_module, n, None) for n in names)
+
+def _global_hooks() -> bool:
+    """Hooks registered for every module (``nn.modules.module.register_module_forward_hook``...)."""
+    return any(getattr(_torch_module, n, None) for n in _GLOBAL_HOOKS)
 
 
 class _Split(NamedTuple):
