@@ -349,8 +349,7 @@ class ManifoldMixup(nn.Module):
             else:
                 conf, k_seen = self._confidence(x, index, k)
                 alpha = pol.confmix_alpha(conf, k_seen, check=False).double().numpy()
-            plan, lam = sampler.next_plan(b, pol.beta_parameter(alpha))
-            self._record(alpha, lam)  # alpha_i itself, before halving
+            plan = self._confmix_plan(b, alpha)
         else:
             alpha = pol.alpha(b)
             if isinstance(alpha, Tensor):  # per-sample values from a custom policy
@@ -364,6 +363,12 @@ class ManifoldMixup(nn.Module):
             plan, lam = sampler.next_plan(b, alpha, self.per_sample)
             self._record(alpha, lam)
         return self._mixed_forward(x, y, rows, index, plan.to(x.device), layer)
+
+    def _confmix_plan(self, b: int, alpha: float | np.ndarray) -> MixPlan:
+        """The next plan under ConfMix's per-row alpha (halved for half ConfMix), recorded."""
+        plan, lam = self._sampler.next_plan(b, self.policy.beta_parameter(alpha))
+        self._record(alpha, lam)  # alpha_i itself, before halving
+        return plan
 
     def _record(self, alpha: float | np.ndarray, lam: np.ndarray) -> None:
         """Hand a batch's alpha and lambdas to the policy (the arrays are fresh: not copied,
@@ -399,9 +404,7 @@ class ManifoldMixup(nn.Module):
                 c = m(c)
         conf = torch.softmax(c.float(), -1).amax(-1)
         alpha = pol.confmix_alpha(conf, c.shape[-1], check=False).double().numpy()
-        plan, lam = self._sampler.next_plan(x.shape[0], pol.beta_parameter(alpha))
-        self._record(alpha, lam)
-        plan = plan.to(x.device)
+        plan = self._confmix_plan(x.shape[0], alpha).to(x.device)
         h = mix(h, plan)
         for m in split.suffix:
             h = m(h)

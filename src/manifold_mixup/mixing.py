@@ -193,11 +193,14 @@ class PlanSampler:
             mats = [None] * n
         return [(MixPlan(p, l, m), lam) for p, l, m, lam in zip(perm_t, lam_t, mats, lams)]
 
+    def _permutations(self, batch_size: int) -> np.ndarray:
+        """``block`` permutations of 0..B-1 (int64 [block, B]), one numpy call."""
+        return self.rng.permuted(np.broadcast_to(np.arange(batch_size), (self.block, batch_size)), axis=1)
+
     def _next_perm(self, batch_size: int) -> tuple[np.ndarray, Tensor]:
         """The next permutation (int64 [B], numpy and torch) from a block drawn ahead."""
         if self._perm_pos >= len(self._perm_t) or self._perms.shape[1] != batch_size:
-            rows = np.broadcast_to(np.arange(batch_size), (self.block, batch_size))
-            self._perms = self.rng.permuted(rows, axis=1)
+            self._perms = self._permutations(batch_size)
             self._perm_t, self._perm_pos = torch.from_numpy(self._perms).unbind(0), 0
         i = self._perm_pos
         self._perm_pos += 1
@@ -229,8 +232,7 @@ class PlanSampler:
             key = (float(alpha), batch_size, bool(per_sample))
             if key == self._key:
                 if self._pos >= len(self._block):
-                    rows = np.broadcast_to(np.arange(batch_size), (self.block, batch_size))
-                    perms = self.rng.permuted(rows, axis=1)
+                    perms = self._permutations(batch_size)
                     lams = self._lam_rows(alpha, self.block, batch_size, per_sample).astype(np.float32)
                     self._block, self._pos = self._plans(perms, lams, alpha > 0), 0
                 self._pos += 1
@@ -354,25 +356,7 @@ def mix_targets(y: Tensor, plan: MixPlan, num_classes: int, label_smoothing: flo
     """Mixed soft targets [B, K]: ``lam*t + (1-lam)*t[perm]`` of the (smoothed) target rows t."""
     if y.shape[0] != plan.batch_size:
         raise ValueError(f"targets have batch size {y.shape[0]} but the plan is for {plan.batch_size}")
-    if y.dtype.is_floating_point:
-        return mix(soft_targets(y, num_classes, label_smoothing), plan)
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}")
-    _check_labels(y, num_classes)
-    return _mixed_index_targets(y, plan, num_classes, label_smoothing)
-
-
-def _mixed_index_targets(y: Tensor, plan: MixPlan, num_classes: int, label_smoothing: float) -> Tensor:
-    """``mix_targets`` for checked class indices y [B]: lam_i at y_i plus 1 - lam_i at y_perm(i),
-    written by two scatters (no one-hot rows, no second pass over them)."""
-    y = y.long()
-    lam = plan.lam.to(y.device, torch.float32).unsqueeze(1)
-    rows = torch.zeros(y.shape[0], num_classes, device=y.device)
-    rows.scatter_(1, y.unsqueeze(1), lam)
-    rows.scatter_add_(1, torch.index_select(y, 0, plan.perm.to(y.device)).unsqueeze(1), 1 - lam)
-    if label_smoothing:
-        rows.mul_(1 - label_smoothing).add_(label_smoothing / num_classes)
-    return rows
+    return mix(soft_targets(y, num_classes, label_smoothing), plan)
 
 
 def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:

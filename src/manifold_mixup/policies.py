@@ -146,17 +146,19 @@ class RampDown(AlphaPolicy):
         return 2.0 ** (-epoch / self.half_life)
 
 
-def confmix_alpha(confidence: Tensor, num_classes: int) -> Tensor:
+def confmix_alpha(confidence: Tensor, num_classes: int, *, check: bool = True) -> Tensor:
     """ConfMix's alpha_i = K/(K-1) * (confidence_i - 1/K), clipped to [0, 1].
 
     confidence: Tensor [B], the max softmax probability at x_i, each in [0, 1].
     A uniform prediction (1/K) gives 0, a one-hot prediction gives 1.
+    check: refuse confidences outside [0, 1] or NaN (``False`` for softmax outputs).
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"ConfMix needs num_classes K >= 2; got {num_classes!r}")
-    outside = ~((confidence >= 0) & (confidence <= 1))  # NaN fails both comparisons
-    if outside.any():
-        raise ValueError(f"confidences must lie in [0, 1]; got {confidence[outside][0].item()}")
+    if check:
+        outside = ~((confidence >= 0) & (confidence <= 1))  # NaN fails both comparisons
+        if outside.any():
+            raise ValueError(f"confidences must lie in [0, 1]; got {confidence[outside][0].item()}")
     k = num_classes
     return (k / (k - 1) * (confidence - 1.0 / k)).clamp(0.0, 1.0)
 
@@ -204,10 +206,7 @@ class ConfMix(AlphaPolicy):
         confidence = confidence.detach().float()
         if check:
             return confmix_alpha(confidence.cpu(), num_classes)
-        k = num_classes
-        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-            raise ValueError(f"ConfMix needs num_classes K >= 2; got {k!r}")
-        alpha = (confidence - 1.0 / k).mul_(k / (k - 1)).clamp_(0.0, 1.0).cpu()
+        alpha = confmix_alpha(confidence, num_classes, check=False).cpu()
         if alpha.isnan().any():  # softmax of non-finite logits
             raise ValueError("the model's confidences are NaN (non-finite logits?); ConfMix cannot set alpha from them")
         return alpha
