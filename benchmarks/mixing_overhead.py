@@ -76,7 +76,7 @@ def make_step(model, opt, x, y, method):
         alpha = mm.ConfMix(warmup_epochs=0, confidence=alpha)
     mixer = mm.ManifoldMixup(model, layers, alpha=alpha, num_classes=int(y.max()) + 1,
                              generator=torch.Generator().manual_seed(2))
-    index = torch.arange(len(x))
+    index = torch.arange(len(x), device=x.device)
 
     def step():
         logits, targets = mixer(x, y, index=index)
