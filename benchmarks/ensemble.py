@@ -124,8 +124,10 @@ def main() -> None:
     # ideally by the number of cores (as if one plain loop ran per core): favourable to the baseline.
     pm = min(args.plain_models, args.models)
     threads0, cores = torch.get_num_threads(), os.cpu_count() or 1
+    if device.type != "cpu":  # one accelerator runs one plain loop at a time: no per-core scaling
+        cores = 1
     plain = {}
-    for th in sorted({threads0, 1}, reverse=True):
+    for th in sorted({threads0, 1} if device.type == "cpu" else {threads0}, reverse=True):
         torch.set_num_threads(th)
         for impl in ("fused", "foreach"):
             s = plain_loop(x[:pm], y[:pm], ks[:pm], specs[:pm], args.plain_epochs, device, impl)

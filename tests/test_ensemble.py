@@ -181,6 +181,8 @@ def test_epoch_plan_shapes_and_streams():
     (dict(specs=[MemberSpec(0), MemberSpec(-1, 1, 0.5)]), r"specs\[1\].seed"),
     (dict(config=EnsembleConfig(batch_size=30, hidden=HIDDEN)), "multiple of config.batch_size = 30"),
     (dict(config=EnsembleConfig(batch_size=BATCH, hidden=HIDDEN, memory_budget=1000)), "memory_budget = 1000"),
+    (dict(config=EnsembleConfig(batch_size=BATCH, hidden=HIDDEN, memory_budget=0)), "memory_budget must be None or a number of bytes >= 1; got 0"),
+    (dict(config=EnsembleConfig(batch_size=BATCH, hidden=HIDDEN, memory_budget=2.5e9)), "memory_budget must be None or a number of bytes >= 1; got 2500000000.0"),
     (dict(config=EnsembleConfig(optimizer="rmsprop", hidden=HIDDEN)), "'adam' or 'sgd'"),
     (dict(x=torch.zeros(2, N)), r"x must be a float Tensor \[M, n, d\]"),
     (dict(y=torch.zeros(2, N - 1, dtype=torch.long)), r"y must be an integer Tensor \[M, n\]"),

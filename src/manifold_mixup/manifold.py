@@ -360,7 +360,7 @@ class ManifoldMixup(nn.Module):
                 alpha = alpha.detach().to("cpu", torch.float64).numpy().copy()  # the policy may reuse its tensor
             elif type(pol) not in _CHECKED_POLICIES:  # built-in policies give valid values
                 check_alpha(alpha, f"{type(pol).__name__}.alpha")
-            plan, lam = sampler.next_plan(b, alpha, self.per_sample)
+            plan, lam = sampler.next_plan(b, alpha, self.per_sample, x.device)
             self._record(alpha, lam)
         return self._mixed_forward(x, y, rows, index, plan.to(x.device), layer)
 

@@ -54,11 +54,12 @@ class MixPlan:
 
     perm: LongTensor [B], a permutation of 0..B-1.
     lam:  float Tensor [B], each in [0, 1]; per-batch mode repeats one value.
-    matrix: optional float32 CPU Tensor [B, B], the same mix as a matrix (row i holds lam[i] at
+    matrix: optional float32 Tensor [B, B], the same mix as a matrix (row i holds lam[i] at
       column i and 1 - lam[i] at column perm[i]). Plans drawn by the mixer carry it for small
-      batches: on the CPU one matrix product, forward and backward, costs less than the gather,
-      interpolation and scatter it replaces. ``mix`` uses it for contiguous float32 CPU tensors
-      outside autocast (and with float32 matmul precision "highest"), and the gather + lerp form
+      batches: one matrix product, forward and backward, costs less than the gather,
+      interpolation and scatter it replaces (on the CPU in time, on a GPU in kernel launches).
+      ``mix`` uses it for contiguous float32 tensors on the matrix's device outside autocast
+      (and with float32 matmul precision "highest", so no TF32), and the gather + lerp form
       otherwise. The two forms agree to float32 rounding, except that a non-finite value in one
       row of h spreads to every row of the matrix form (0 * inf is NaN).
     """
@@ -85,20 +86,20 @@ class MixPlan:
         if self.perm.device == torch.device(device) and self.lam.device == self.perm.device:
             return self
         m = self.matrix
-        if m is not None:
-            m = m.to(device) if torch.device(device).type == "cpu" else None  # used on the CPU only
-        return MixPlan(self.perm.to(device, non_blocking=True), self.lam.to(device, non_blocking=True), m)
+        return MixPlan(self.perm.to(device, non_blocking=True), self.lam.to(device, non_blocking=True),
+                       None if m is None else m.to(device, non_blocking=True))
 
 
 def with_matrix(plan: MixPlan) -> MixPlan:
-    """``plan`` with its dense matrix, as the mixer's own plans have it (for a CPU plan of at most
-    ``DENSE_MAX_BATCH`` rows; otherwise the plan as it is). Replaying a recorded plan through it
-    gives the same numbers as the original call."""
-    if plan.matrix is not None or plan.batch_size > DENSE_MAX_BATCH or plan.perm.device.type != "cpu":
+    """``plan`` with its dense matrix (on the plan's device), as the mixer's own plans have it, for
+    a plan of at most ``DENSE_MAX_BATCH`` rows; otherwise the plan as it is. Replaying a recorded
+    plan through it gives the same numbers as the original call."""
+    if plan.matrix is not None or plan.batch_size > DENSE_MAX_BATCH:
         return plan
-    perm = plan.perm.numpy()[None]
+    perm = plan.perm.detach().cpu().numpy()[None]
     lam = plan.lam.detach().cpu().numpy()[None]
-    return MixPlan(plan.perm, plan.lam, torch.from_numpy(mixing_matrices(perm, lam)[0]))
+    m = torch.from_numpy(mixing_matrices(perm, lam)[0])
+    return MixPlan(plan.perm, plan.lam, m.to(plan.perm.device))
 
 
 def mixing_matrices(perm: np.ndarray, lam: np.ndarray) -> np.ndarray:
@@ -183,15 +184,18 @@ class PlanSampler:
         # the same draws as Beta with an array of equal parameters, without building the array
         return self.rng.beta(alpha, alpha, size=(n, batch_size))
 
-    def _plans(self, perms: np.ndarray, lams: np.ndarray, mixes: bool) -> list[tuple[MixPlan, np.ndarray]]:
-        """Plans from perm int64 [n, B] and lam float32 [n, B], with matrices for small batches."""
+    def _plans(self, perms: np.ndarray, lams: np.ndarray, mixes: bool,
+               device: torch.device | None = None) -> list[tuple[MixPlan, np.ndarray]]:
+        """Plans from perm int64 [n, B] and lam float32 [n, B], with matrices for small batches,
+        moved to ``device`` as whole blocks (one copy per block, not three per step)."""
         n, batch_size = perms.shape
-        perm_t, lam_t = torch.from_numpy(perms).unbind(0), torch.from_numpy(lams).unbind(0)
-        if mixes and batch_size <= DENSE_MAX_BATCH:
-            mats = torch.from_numpy(mixing_matrices(perms, lams)).unbind(0)
-        else:
-            mats = [None] * n
-        return [(MixPlan(p, l, m), lam) for p, l, m, lam in zip(perm_t, lam_t, mats, lams)]
+        perm_t, lam_t = torch.from_numpy(perms), torch.from_numpy(lams)
+        mats = torch.from_numpy(mixing_matrices(perms, lams)) if mixes and batch_size <= DENSE_MAX_BATCH else None
+        if device is not None and device.type != "cpu":
+            perm_t, lam_t = perm_t.to(device), lam_t.to(device)
+            mats = None if mats is None else mats.to(device)
+        mats = [None] * n if mats is None else mats.unbind(0)
+        return [(MixPlan(p, l, m), lam) for p, l, m, lam in zip(perm_t.unbind(0), lam_t.unbind(0), mats, lams)]
 
     def _permutations(self, batch_size: int) -> np.ndarray:
         """``block`` permutations of 0..B-1 (int64 [block, B]), one numpy call."""
@@ -220,13 +224,16 @@ class PlanSampler:
             m = torch.from_numpy(mixing_matrices(perm[None], lam[None])[0])
         return MixPlan(perm_t, torch.from_numpy(lam), m), lam
 
-    def next_plan(self, batch_size: int, alpha: float | np.ndarray, per_sample: bool = True) -> tuple[MixPlan, np.ndarray]:
-        """The next plan for a training step (CPU tensors), and its lambdas as a numpy array.
+    def next_plan(self, batch_size: int, alpha: float | np.ndarray, per_sample: bool = True,
+                  device: torch.device | None = None) -> tuple[MixPlan, np.ndarray]:
+        """The next plan for a training step, and its lambdas as a numpy array.
 
         alpha: a checked number, or a float64 array [B] of per-sample values.
         While the request (alpha, B, per_sample) repeats, whole plans are drawn ``block`` at a
-        time; otherwise (per-sample alphas, an alpha that changes from call to call) lambdas are
-        drawn per call and permutations come from a block of their own.
+        time, and moved to ``device`` (if given) a block at a time; otherwise (per-sample alphas,
+        an alpha that changes from call to call) lambdas are drawn per call and permutations come
+        from a block of their own, and the plan is a CPU plan. The plans do not depend on
+        ``device``: only where their tensors live.
         """
         if not isinstance(alpha, np.ndarray):
             key = (float(alpha), batch_size, bool(per_sample))
@@ -234,7 +241,7 @@ class PlanSampler:
                 if self._pos >= len(self._block):
                     perms = self._permutations(batch_size)
                     lams = self._lam_rows(alpha, self.block, batch_size, per_sample).astype(np.float32)
-                    self._block, self._pos = self._plans(perms, lams, alpha > 0), 0
+                    self._block, self._pos = self._plans(perms, lams, alpha > 0, device), 0
                 self._pos += 1
                 return self._block[self._pos - 1]
             self._key, self._block, self._pos = key, [], 0  # a block once the request repeats
