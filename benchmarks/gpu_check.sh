@@ -3,7 +3,8 @@
 #   bash benchmarks/gpu_check.sh [tests] [overhead] [ensemble] [depth]     (default: all four)
 # Run from the repository root on a machine with a GPU and a CUDA build of PyTorch; logs go to
 # ${OUT:-gpu-check}/. Each step has its own time limit so that one slow step cannot eat the others.
-# OLD_SRC=path/to/other/src adds the overhead benchmark on that code, in the same run (a baseline).
+# OLD_SRC=path/to/other/src adds the overhead benchmark on that code, in the same run (a baseline);
+# SWEEP_CHUNKS="" skips the ensemble's chunk-size sweep.
 set -u
 OUT=${OUT:-gpu-check}
 mkdir -p "$OUT"
@@ -29,7 +30,7 @@ if want overhead; then
 fi
 if want ensemble; then
   TAIL=4 step 120 ensemble_cuda $py benchmarks/ensemble.py --device cuda --models 2000 --epochs 20 --plain-models 3
-  for c in 106 512 2048; do
+  for c in ${SWEEP_CHUNKS-106 512 2048}; do
     TAIL=3 step 60 "ensemble_cuda_chunk$c" $py benchmarks/ensemble.py --device cuda --models 2048 --epochs 5 \
       --plain-models 1 --chunk "$c"
   done
