@@ -194,22 +194,3 @@ def test_bad_inputs(change, match):
     kw.update(change)
     with pytest.raises(ValueError, match=match):
         train_ensemble(**kw)
-
-
-def test_draws_made_by_a_thread_pool_give_the_same_numbers():
-    # on a GPU the trainer draws initial weights and plans with a thread pool, the next epoch's
-    # ahead of time; each member's draws come from its own seed, so the result must not change
-    from concurrent.futures import ThreadPoolExecutor
-
-    from manifold_mixup.ensemble import _train_chunk_with
-
-    ks = [3, 3, 4]
-    specs = [MemberSpec(1, None, 0.5), MemberSpec(2, 0, 0.5), MemberSpec(3, 2, 0.5)]
-    x, y = make_data(3, ks, seed=5)
-    cfg = EnsembleConfig(epochs=3, batch_size=BATCH, hidden=HIDDEN)
-    cpu = torch.device("cpu")
-    plain = _train_chunk_with(x, y, ks, specs, [0, 1, 2], cfg, cpu, None)
-    with ThreadPoolExecutor(3) as pool:
-        pooled = _train_chunk_with(x, y, ks, specs, [0, 1, 2], cfg, cpu, pool)
-    for a, b in zip(plain[0] + plain[1] + [plain[2]], pooled[0] + pooled[1] + [pooled[2]]):
-        assert torch.equal(a, b)

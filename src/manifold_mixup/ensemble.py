@@ -49,8 +49,7 @@ import math
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from contextlib import nullcontext
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -449,46 +448,12 @@ def _n_workers(config: EnsembleConfig, device: torch.device, n_chunks: int, M: i
 
 def _train_chunk(x, y, ks, specs, idx, config: EnsembleConfig, device) -> tuple[list[Tensor], list[Tensor], Tensor]:
     """Train the members ``idx`` (sorted by mixing layer) together; returns CPU W [m,out,in], b [m,out], losses [m,E]."""
-    # On a GPU the members' random draws (initial weights, per-epoch plans), made on the CPU,
-    # would take longer than the training itself: there they are made by a pool of threads, the
-    # next epoch's while the GPU trains on this one. Each member's draws come from its own seed,
-    # so the numbers are the same either way.
-    threads = min(16, os.cpu_count() or 1) if device.type == "cuda" else 1
-    with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
-        return _train_chunk_with(x, y, ks, specs, idx, config, device, pool)
-
-
-def _member_plan(spec: MemberSpec, mixes: bool, epoch: int, n: int, B: int) -> tuple[Tensor, Tensor]:
-    """One member's data order [n] and mixing matrices [n/B, B, B] (float64) for one epoch."""
-    nb = n // B
-    o, p, lam = epoch_plan(spec.seed, epoch, n, B, spec.alpha)
-    mix = torch.zeros(nb, B, B, dtype=torch.float64)
-    if not mixes:
-        mix.diagonal(dim1=-2, dim2=-1).fill_(1.0)
-    else:
-        mix.diagonal(dim1=-2, dim2=-1).copy_(lam)
-        mix.view(nb * B, B).index_put_((torch.arange(nb * B), p.reshape(-1)), (1 - lam).reshape(-1), accumulate=True)
-    return o, mix
-
-
-def _chunk_plans(specs: list[MemberSpec], mixes: list[bool], epoch: int, n: int, B: int, pool) -> tuple[Tensor, Tensor]:
-    """Orders [m, n] and mixing matrices [m, n/B, B, B] of a chunk's members for one epoch."""
-    args = [(s, mx, epoch, n, B) for s, mx in zip(specs, mixes)]
-    got = list(pool.map(lambda a: _member_plan(*a), args)) if pool is not None else [_member_plan(*a) for a in args]
-    return torch.stack([o for o, _ in got]), torch.stack([mx for _, mx in got])
-
-
-def _train_chunk_with(x, y, ks, specs, idx, config: EnsembleConfig, device, pool) -> tuple[list[Tensor], list[Tensor], Tensor]:
     m, n, d = len(idx), x.shape[1], x.shape[2]
     B, dt = config.batch_size, config.dtype
     nb = n // B
     kc = max(ks[i] for i in idx)
     sizes = [d, *config.hidden, kc]
-
-    def init(i: int) -> list[tuple[Tensor, Tensor]]:
-        return mlp_init([d, *config.hidden, ks[i]], torch.Generator().manual_seed(int(specs[i].seed)))
-
-    inits = list(pool.map(init, idx)) if pool is not None else [init(i) for i in idx]
+    inits = [mlp_init([d, *config.hidden, ks[i]], torch.Generator().manual_seed(int(specs[i].seed))) for i in idx]
     kmask = None
     if any(ks[i] < kc for i in idx):
         kmask = torch.zeros(m, 1, kc, dtype=dt)
@@ -507,13 +472,18 @@ def _train_chunk_with(x, y, ks, specs, idx, config: EnsembleConfig, device, pool
     yc = _onehot(y[it], kc, dt).to(device)                  # [m, n, K]
     losses = torch.zeros(m, config.epochs, dtype=torch.float64)
     g0 = groups.get(0)
-    chunk_specs, mixes = [specs[i] for i in idx], [k is not None for k in layers]
-    plans = lambda e: _chunk_plans(chunk_specs, mixes, e, n, B, pool)  # noqa: E731
-    ahead = None  # the next epoch's plans, drawn by the pool while this epoch trains
     for epoch in range(config.epochs):
-        orders, mix = ahead.result() if ahead is not None else plans(epoch)
-        if pool is not None and epoch + 1 < config.epochs:
-            ahead = pool.submit(plans, epoch + 1)
+        orders = torch.empty(m, n, dtype=torch.long)
+        mix = torch.zeros(m, nb, B, B, dtype=torch.float64)
+        for r, i in enumerate(idx):
+            o, p, lam = epoch_plan(specs[i].seed, epoch, n, B, specs[i].alpha)
+            orders[r] = o
+            if layers[r] is None:
+                mix[r].diagonal(dim1=-2, dim2=-1).fill_(1.0)
+            else:
+                mix[r].diagonal(dim1=-2, dim2=-1).copy_(lam)
+                mix[r].view(nb * B, B).index_put_(
+                    (torch.arange(nb * B), p.reshape(-1)), (1 - lam).reshape(-1), accumulate=True)
         mix = mix.to(device=device, dtype=dt).transpose(0, 1).contiguous()      # [nb, m, B, B]
         od = orders.to(device)
         xe = torch.gather(xc, 1, od[..., None].expand(m, n, d)).view(m, nb, B, d).transpose(0, 1).contiguous()
