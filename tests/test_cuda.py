@@ -269,13 +269,3 @@ def test_matrix_and_gather_forms_agree_on_device_and_replays_are_exact(device):
     (gg,) = torch.autograd.grad(gather, h, g)
     assert _close(gd, gg, 1e-6)
 
-
-def test_default_chunk_budget_on_device(device):
-    from manifold_mixup.ensemble import memory_budget_for
-
-    budget = memory_budget_for(EnsembleConfig(), device.type)
-    assert budget >= 1 << 30
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info()
-        assert budget <= max(1 << 30, free)
-    assert memory_budget_for(EnsembleConfig(memory_budget=12345), device.type) == 12345

@@ -102,8 +102,9 @@ class EnsembleConfig:
 
     optimizer: 'adam' (betas, eps as torch.optim.Adam) or 'sgd' (with ``momentum``).
     memory_budget: bytes one chunk of members may use (parameters, gradients, optimiser state,
-    the epoch's data and activations); members are trained chunk by chunk. None (default): 1 GiB
-    on the CPU; on a CUDA device a quarter of its free memory when training starts (at least 1 GiB).
+    the epoch's data and activations); members are trained chunk by chunk. The default (1 GiB)
+    also serves GPUs: on an H200, chunks of 106, 512 and 2048 paper-width members trained at
+    the same speed within 25% (106 fastest; BENCHMARKS.md).
     chunk_models: members per chunk (None: the budget's maximum, capped at DEFAULT_CHUNK[device type]).
     dtype: torch.float32 (default) or torch.float64.
     workers: CPU only: worker processes ("spawn") that train chunks in parallel, each with
@@ -121,7 +122,7 @@ class EnsembleConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     momentum: float = 0.0
-    memory_budget: int | None = None
+    memory_budget: int = 1 << 30
     chunk_models: int | None = None
     dtype: torch.dtype = torch.float32
     workers: int | None = None
@@ -188,9 +189,8 @@ def _check_config(config: EnsembleConfig) -> None:
         raise ValueError(f"config.hidden must be a non-empty tuple of positive integers; got {config.hidden!r}")
     if config.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"config.dtype must be torch.float32 or torch.float64; got {config.dtype}")
-    if config.memory_budget is not None and (isinstance(config.memory_budget, bool) or not isinstance(config.memory_budget, int)
-                                             or config.memory_budget < 1):
-        raise ValueError(f"config.memory_budget must be None or a number of bytes >= 1; got {config.memory_budget!r}")
+    if isinstance(config.memory_budget, bool) or not isinstance(config.memory_budget, int) or config.memory_budget < 1:
+        raise ValueError(f"config.memory_budget must be a number of bytes >= 1; got {config.memory_budget!r}")
     if config.chunk_models is not None and (not isinstance(config.chunk_models, int) or config.chunk_models < 1):
         raise ValueError(f"config.chunk_models must be None or an integer >= 1; got {config.chunk_models!r}")
     for name in ("workers", "threads_per_worker"):
@@ -226,20 +226,10 @@ def _bytes_per_model(d: int, hidden: Sequence[int], k: int, n: int, batch: int, 
     return (copies * p + data + act) * item
 
 
-def memory_budget_for(config: EnsembleConfig, device_type: str = "cpu") -> int:
-    """Bytes a chunk may use: ``config.memory_budget``, or its default for the device type."""
-    if config.memory_budget is not None:
-        return config.memory_budget
-    if device_type == "cuda" and torch.cuda.is_available():
-        free, _ = torch.cuda.mem_get_info()
-        return max(1 << 30, free // 4)
-    return 1 << 30
-
-
 def chunk_size_for(d: int, k: int, n: int, config: EnsembleConfig, device_type: str = "cpu") -> int:
     """Members per chunk for this budget (raises ValueError if even one member does not fit)."""
     per = _bytes_per_model(d, config.hidden, k, n, config.batch_size, config)
-    budget = memory_budget_for(config, device_type)
+    budget = config.memory_budget
     fit = budget // per
     if fit < 1:
         raise ValueError(
