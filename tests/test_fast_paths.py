@@ -326,3 +326,64 @@ def test_global_module_hooks_refuse_the_cut():
     finally:
         handle.remove()
     assert mixer._split("relu1") is not None
+
+
+def _steps(model, layers, direct, seed=0, n=3):
+    """Logits, targets, lambdas and gradients of n mixed steps (dropout draws from a fixed seed)."""
+    mixer = mm.ManifoldMixup(model, layers, alpha=0.7, num_classes=4, generator=11)
+    mixer.direct_sequential = direct
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(20, 6, generator=g), torch.randint(0, 4, (20,), generator=g)
+    torch.manual_seed(seed)
+    out = []
+    for _ in range(n):
+        model.zero_grad()
+        logits, targets = mixer(x, y)
+        mm.soft_cross_entropy(logits, targets).backward()
+        out.append((logits.detach(), targets, mixer.last_plan.layer, [p.grad.clone() for p in model.parameters()]))
+    return out, mixer
+
+
+def test_sequential_layers_run_one_by_one_give_the_hook_numbers():
+    def make():
+        torch.manual_seed(3)
+        return nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(),
+                             nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.3), nn.ReLU()), nn.Linear(8, 4))
+    layers = ["0", "2", "3.1", "3.2"]
+    (direct, mixer), (hooked, _) = _steps(make(), layers, True, n=6), _steps(make(), layers, False, n=6)
+    assert mixer._split("3.1", False) is not None  # the direct path was available
+    assert {s[2] for s in direct} == set(layers)
+    for (la, ta, na, ga), (lb, tb, nb, gb) in zip(direct, hooked):
+        assert na == nb and torch.equal(la, lb) and torch.equal(ta, tb)
+        assert all(torch.equal(p, q) for p, q in zip(ga, gb))
+    assert not any(m._forward_hooks for m in mixer.model.modules())
+
+
+def test_direct_path_respects_hooks_and_replaced_layers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+    mixer = mm.ManifoldMixup(model, "1", alpha=1.0, num_classes=4, generator=0)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(10, 6, generator=g), torch.randint(0, 4, (10,), generator=g)
+    mixer(x, y)
+    assert mixer._split("1", False) is not None
+    # a hook on a layer still runs (the layer is called as usual) and sees the unmixed output
+    seen = []
+    h = model[1].register_forward_hook(lambda m, a, o: seen.append(o.detach().clone()))
+    logits, _ = mixer(x, y)
+    assert len(seen) == 1 and torch.equal(seen[0], torch.relu(model[0](x)))
+    h.remove()
+    # a hook on the container would be skipped by the direct path: the mixer takes the hook path
+    calls = []
+    h = model.register_forward_hook(lambda m, a, o: calls.append(1))
+    assert mixer._split("1", False) is None
+    mixer(x, y)
+    assert calls == [1]
+    h.remove()
+    # a layer replaced after the first call is the one that runs
+    model[2] = nn.Linear(8, 4)
+    logits, _ = mixer(x, y)
+    perm, lam, _ = mixer.last_plan
+    hid = torch.relu(model[0](x))
+    expect = model[2](lam[:, None] * hid + (1 - lam[:, None]) * hid[perm])
+    assert torch.allclose(logits, expect, atol=1e-6)

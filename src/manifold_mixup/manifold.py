@@ -90,12 +90,16 @@ def _has_hooks(m: nn.Module) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None))
 
 
-_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks")
-
-
 def _global_hooks() -> bool:
     """Hooks registered for every module (``nn.modules.module.register_module_forward_hook``...)."""
-    return any(getattr(_torch_module, n, None) for n in _GLOBAL_HOOKS)
+    m = _torch_module
+    return bool(m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
+                or m._global_backward_pre_hooks)
+
+
+def _layout(containers: list[nn.Module]) -> tuple[tuple[nn.Module, ...], ...]:
+    """The children of each container, to notice a layer replaced after the cut was made."""
+    return tuple(tuple(c._modules.values()) for c in containers)
 
 
 class _Split(NamedTuple):
@@ -106,17 +110,30 @@ class _Split(NamedTuple):
     containers: list[nn.Module]  # the nn.Sequential containers on the path to the layer
     prefix_modules: list[nn.Module]  # every module in the prefix, nested ones included
     suffix_inplace: bool  # a module after the cut may write into its input
+    layout: tuple[tuple[nn.Module, ...], ...]  # ``_layout(containers)`` when the cut was made
+    mode_free: bool  # made for fresh ConfMix (see ``sequential_split``)
 
     def hooked(self) -> bool:
-        """Hooks on a container on the path or on any module up to the cut (checked per call:
-        hooks may come and go; a hook could depend on the mode, or would be skipped)."""
-        return any(_has_hooks(m) for m in self.containers) or any(_has_hooks(m) for m in self.prefix_modules)
+        """Hooks that running the layers one by one would skip or change (checked per call: hooks
+        may come and go): hooks on a container on the path; for a ``mode_free`` cut also hooks on
+        any module up to it (they would run once, and could depend on the mode). Hooks of the
+        layers themselves run as usual when the layers are called one by one."""
+        for m in self.containers:
+            if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+                return True
+        return self.mode_free and any(_has_hooks(m) for m in self.prefix_modules)
+
+    def stale(self) -> bool:
+        """A layer on the path was replaced, added or removed since the cut was made."""
+        return _layout(self.containers) != self.layout
 
 
-def sequential_split(model: nn.Module, name: str) -> _Split | None:
+def sequential_split(model: nn.Module, name: str, mode_free: bool = True) -> _Split | None:
     """Cut ``model`` at the layer ``name`` if that changes nothing: every container on the path
-    is a plain ``nn.Sequential`` (its own forward, no hooks), no module appears twice, and every
-    module up to the layer behaves the same in train and eval mode and has no hooks. Otherwise None."""
+    is a plain ``nn.Sequential`` (its own forward, no hooks), no module appears twice, and no
+    module up to the layer has hooks. ``mode_free`` (for fresh ConfMix, whose confidences run the
+    layers after the cut in eval mode) also requires every module up to the layer to behave the
+    same in train and eval mode. Otherwise None."""
     before: list[nn.Module] = []
     after: list[nn.Module] = []
     containers: list[nn.Module] = []
@@ -138,10 +155,10 @@ def sequential_split(model: nn.Module, name: str) -> _Split | None:
     if any(m is None for m in chain) or len({id(m) for m in chain}) != len(chain):
         return None
     prefix_modules = [m for top in prefix for m in top.modules()]
-    if not all(type(m) in _MODE_FREE for m in prefix_modules):
+    if mode_free and not all(type(m) in _MODE_FREE for m in prefix_modules):
         return None
     inplace = any(getattr(m, "inplace", False) for top in after for m in top.modules())
-    split = _Split(prefix, after, containers, prefix_modules, inplace)
+    split = _Split(prefix, after, containers, prefix_modules, inplace, _layout(containers), mode_free)
     return None if split.hooked() else split
 
 
@@ -226,10 +243,14 @@ class ManifoldMixup(nn.Module):
         self.label_smoothing = label_smoothing
         self._state = _CallState()
         self._eyes: dict[tuple[int, float, torch.device], Tensor] = {}  # (smoothed) identities by (K, eps, device)
-        self._splits: dict[str, _Split | None] = {}
+        self._splits: dict[tuple[str, bool], _Split | None] = {}
         # fresh ConfMix: run the layers before the mixing point once where the model allows it
         # (``sequential_split``); False always runs a separate eval-mode forward for confidences
         self.reuse_prefix = True
+        # a plain nn.Sequential (nested ones too) without hooks on the path: run its layers one
+        # by one and mix between them, instead of through a forward hook (same numbers, less
+        # overhead per call); False always mixes through a hook
+        self.direct_sequential = True
         self._warned_reuse: set[str] = set()
         # hooks live only inside a mixer call, on the one layer drawn for it
         self._modules_by_name = {name: modules[name] for name in self.layers if name != INPUT}
@@ -344,7 +365,7 @@ class ManifoldMixup(nn.Module):
         if isinstance(pol, ConfMix):
             if pol.in_warmup:
                 alpha = 0.0
-            elif pol.confidence == "fresh" and self.reuse_prefix and (split := self._split(layer)) is not None:
+            elif pol.confidence == "fresh" and self.reuse_prefix and (split := self._split(layer, True)) is not None:
                 return self._split_forward(x, y, rows, index, layer, split)
             else:
                 conf, k_seen = self._confidence(x, index, k)
@@ -379,13 +400,14 @@ class ManifoldMixup(nn.Module):
         else:
             pol.record(alpha, lam)
 
-    def _split(self, layer: str) -> _Split | None:
-        """The model cut at ``layer`` for fresh ConfMix (cached per layer), or None."""
+    def _split(self, layer: str, mode_free: bool = True) -> _Split | None:
+        """The model cut at ``layer`` (cached per layer; see ``sequential_split``), or None."""
         if layer == INPUT or layer in self.select or _global_hooks():
             return None
-        if layer not in self._splits:
-            self._splits[layer] = sequential_split(self.model, layer)
-        split = self._splits[layer]
+        key = (layer, mode_free)
+        split = self._splits.get(key, key)
+        if split is key or (split is not None and split.stale()):
+            split = self._splits[key] = sequential_split(self.model, layer, mode_free)
         return None if split is None or split.hooked() else split
 
     def _split_forward(self, x: Tensor, y: Tensor, rows: Tensor | None, index: Tensor | None, layer: str, split: _Split) -> tuple[Tensor, Tensor]:
@@ -429,7 +451,7 @@ class ManifoldMixup(nn.Module):
                 if eps:
                     eye = eye * (1 - eps) + eps / k
                 self._eyes[key] = eye
-            return torch.index_select(eye, 0, y.long())
+            return torch.index_select(eye, 0, y if y.dtype == torch.long else y.long())
         except (IndexError, RuntimeError):  # on the CPU the lookup itself checks the range
             check_label_range(y, k)
             raise
@@ -444,12 +466,21 @@ class ManifoldMixup(nn.Module):
             rows = self._label_rows(y, k)
         elif k != self.num_classes:
             raise ValueError(f"the model returned {k} logits per row but num_classes={self.num_classes}")
-        rows = rows.to(logits.device)
+        if rows.device != logits.device:
+            rows = rows.to(logits.device)
         return rows if plan is None else mix(rows, plan)
 
     def _mixed_forward(self, x: Tensor, y: Tensor, rows: Tensor | None, index: Tensor | None, plan: MixPlan, layer: str) -> tuple[Tensor, Tensor]:
         if layer == INPUT:
             logits = self.model(mix(x, plan))
+        elif self.direct_sequential and (split := self._split(layer, False)) is not None:
+            h = x
+            for m in split.prefix:
+                h = m(h)
+            h = mix(h, plan) if isinstance(h, Tensor) else _apply_selector(h, None, None, layer)  # (raises)
+            for m in split.suffix:
+                h = m(h)
+            logits = h
         else:
             state = self._state
             state.plan, state.fired = plan, False

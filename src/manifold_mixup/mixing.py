@@ -316,7 +316,7 @@ def mix(h: Tensor, plan: MixPlan) -> Tensor:
     m = plan.matrix
     if (m is not None and h.dtype == m.dtype and h.device == m.device and h.is_contiguous()
             and not _autocast_enabled(h.device.type) and torch.get_float32_matmul_precision() == "highest"):
-        return torch.mm(m, h.view(h.shape[0], -1)).view(h.shape)
+        return torch.mm(m, h) if h.ndim == 2 else torch.mm(m, h.view(h.shape[0], -1)).view(h.shape)
     lam = plan.lam.to(device=h.device, dtype=h.dtype).view((-1,) + (1,) * (h.ndim - 1))
     # lerp(a, b, w) = a + w (b - a), one fused kernel; exact at w = 1 (gives b) and w = 0 (gives a)
     return torch.lerp(torch.index_select(h, 0, plan.perm.to(h.device)), h, lam)
