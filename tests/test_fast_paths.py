@@ -387,3 +387,17 @@ def test_direct_path_respects_hooks_and_replaced_layers():
     hid = torch.relu(model[0](x))
     expect = model[2](lam[:, None] * hid + (1 - lam[:, None]) * hid[perm])
     assert torch.allclose(logits, expect, atol=1e-6)
+
+
+@pytest.mark.parametrize("cum", [[0.5, 1.0], [0.0, 0.25, 1.0], [0.2, 0.5, 0.7, 1.0]])
+def test_layer_choices_drawn_a_block_ahead_are_the_per_call_choices(cum):
+    one, ahead = PlanSampler(9, block=16), PlanSampler(9, block=16)
+    per_call, queued = [], []
+    for step in range(50):  # crosses block boundaries; other draws interleave as in the mixer
+        per_call.append(one.choice(cum, cumulative=True))
+        if not queued:
+            queued = ahead.choices_ahead(cum)
+        # the queue holds the choices in reverse order
+        got = queued.pop()
+        assert got == per_call[-1], step
+        assert torch.equal(one.next_plan(8, 0.3)[0].lam, ahead.next_plan(8, 0.3)[0].lam)

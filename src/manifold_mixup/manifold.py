@@ -233,6 +233,7 @@ class ManifoldMixup(nn.Module):
         self.per_sample = per_sample
         self.generator = generator
         self._sampler: PlanSampler | None = None  # seeded at the first training call
+        self._layers_ahead: list[str] = []  # layers of the next calls, drawn a block at a time
         self.select = dict(select or {})
         for name in self.select:
             if name == INPUT:
@@ -242,7 +243,7 @@ class ManifoldMixup(nn.Module):
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self._state = _CallState()
-        self._eyes: dict[tuple[int, float, torch.device], Tensor] = {}  # (smoothed) identities by (K, eps, device)
+        self._eyes: dict[tuple, Tensor] = {}  # (smoothed) identities by (K, eps) on the CPU, (K, eps, device) elsewhere
         self._splits: dict[tuple[str, bool], _Split | None] = {}
         # fresh ConfMix: run the layers before the mixing point once where the model allows it
         # (``sequential_split``); False always runs a separate eval-mode forward for confidences
@@ -360,7 +361,13 @@ class ManifoldMixup(nn.Module):
         if self._sampler is None:
             self._sampler = PlanSampler(self.generator)
         sampler = self._sampler
-        layer = self.layers[sampler.choice(self._cum_weights, cumulative=True)]
+        if len(self.layers) == 1:
+            layer = self.layers[0]
+        else:  # layers are drawn a block ahead: the same draws as one ``choice`` per call
+            ahead = self._layers_ahead
+            if not ahead:
+                ahead = self._layers_ahead = [self.layers[i] for i in sampler.choices_ahead(self._cum_weights)]
+            layer = ahead.pop()
         pol = self.policy
         if isinstance(pol, ConfMix):
             if pol.in_warmup:
@@ -383,7 +390,9 @@ class ManifoldMixup(nn.Module):
                 check_alpha(alpha, f"{type(pol).__name__}.alpha")
             plan, lam = sampler.next_plan(b, alpha, self.per_sample, x.device)
             self._record(alpha, lam)
-        return self._mixed_forward(x, y, rows, index, plan.to(x.device), layer)
+        if not (x.is_cpu and plan.perm.is_cpu):  # (plans are drawn on the CPU, or for x's device)
+            plan = plan.to(x.device)
+        return self._mixed_forward(x, y, rows, index, plan, layer)
 
     def _confmix_plan(self, b: int, alpha: float | np.ndarray) -> MixPlan:
         """The next plan under ConfMix's per-row alpha (halved for half ConfMix), recorded."""
@@ -438,13 +447,14 @@ class ManifoldMixup(nn.Module):
         if y.ndim != 1:
             raise ValueError(f"class-index targets must have shape [B]; got {tuple(y.shape)}")
         eps = self.label_smoothing
-        if y.device.type != "cpu":
+        on_cpu = y.is_cpu
+        if not on_cpu:
             check_label_range(y, k)  # an index out of range would be a device-side assertion
         try:
             if k > _MAX_CACHED_CLASSES:  # no K x K identity: one-hot rows written directly
                 rows = torch.zeros(y.shape[0], k, device=y.device).scatter_(1, y.long().unsqueeze(1), 1.0)
                 return rows.mul_(1 - eps).add_(eps / k) if eps else rows
-            key = (k, eps, y.device)
+            key = (k, eps) if on_cpu else (k, eps, y.device)
             eye = self._eyes.get(key)
             if eye is None:
                 eye = torch.eye(k, device=y.device)

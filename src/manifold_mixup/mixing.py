@@ -260,6 +260,17 @@ class PlanSampler:
             self._uniforms = self.rng.random(self.block).tolist()[::-1]
         return min(bisect.bisect_right(cum, self._uniforms.pop()), len(probs) - 1)
 
+    def choices_ahead(self, cum: Sequence[float]) -> list[int]:
+        """The choices that the next calls of ``choice(cum, cumulative=True)`` would make, up to
+        the end of the current block of uniforms (drawing a block if none is left), in reverse
+        order (pop from the end) and consumed: the same draws, made once per block."""
+        if not self._uniforms:
+            self._uniforms = self.rng.random(self.block).tolist()[::-1]
+        last = len(cum) - 1
+        out = [min(bisect.bisect_right(cum, u), last) for u in self._uniforms]
+        self._uniforms = []
+        return out
+
 
 def sample_lambda(
     alpha: float | Tensor,
@@ -370,7 +381,8 @@ def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean over rows of ``-sum_k targets[k] * log_softmax(logits)[k]``; logits and targets [B, K]."""
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape")
-    return F.cross_entropy(logits.float(), targets.float())
+    f32 = torch.float32
+    return F.cross_entropy(logits if logits.dtype == f32 else logits.float(), targets if targets.dtype == f32 else targets.float())
 
 
 def mixed_cross_entropy(logits: Tensor, y: Tensor, plan: MixPlan, label_smoothing: float = 0.0) -> Tensor:
