@@ -401,3 +401,105 @@ def test_layer_choices_drawn_a_block_ahead_are_the_per_call_choices(cum):
         got = queued.pop()
         assert got == per_call[-1], step
         assert torch.equal(one.next_plan(8, 0.3)[0].lam, ahead.next_plan(8, 0.3)[0].lam)
+
+
+def _seq_data(b=12):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(b, 6, generator=g), torch.randint(0, 4, (b,), generator=g)
+
+
+def _seq_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+
+
+def test_backward_hooks_on_the_mixed_layer_see_the_mixed_output_gradient():
+    x, y = _seq_data()
+    grads = []
+    for direct in (True, False):
+        model = _seq_model()
+        seen = []
+        model[1].register_full_backward_hook(lambda m, gi, go: seen.append(go[0].clone()))
+        mixer = mm.ManifoldMixup(model, "1", alpha=1.0, num_classes=4, generator=0)
+        mixer.direct_sequential = direct
+        assert mixer._split("1", False) is None  # the hook path is taken
+        mm.soft_cross_entropy(*mixer(x, y)).backward()
+        grads.append((seen[0], [p.grad for p in model.parameters()]))
+    (ga, pa), (gb, pb) = grads
+    assert torch.equal(ga, gb) and all(torch.equal(p, q) for p, q in zip(pa, pb))
+
+
+def test_a_reassigned_model_or_mixed_layer_is_not_trained_in_the_old_ones_place():
+    x, y = _seq_data()
+    mixer = mm.ManifoldMixup(_seq_model(), "1", alpha=1.0, num_classes=4, generator=0)
+    mixer(x, y)
+    mixer.model = _seq_model()  # the mixer's hook belongs to the old model's layer: refused, as before
+    with pytest.raises(RuntimeError, match="did not run"):
+        mixer(x, y)
+    model = _seq_model()
+    mixer = mm.ManifoldMixup(model, "1", alpha=1.0, num_classes=4, generator=0)
+    mixer(x, y)
+    model[1] = nn.Tanh()  # the mixed layer itself replaced: refused whichever path would run
+    with pytest.raises(RuntimeError, match="did not run"):
+        mixer(x, y)
+
+
+def test_patched_or_compiled_containers_are_called_not_bypassed():
+    x, y = _seq_data()
+    model = _seq_model()
+    calls = []
+    plain = model.forward
+    model.forward = lambda h: (calls.append("patched"), plain(h))[1]  # as accelerate's hooks do
+    mixer = mm.ManifoldMixup(model, "1", alpha=1.0, num_classes=4, generator=0)
+    mixer(x, y)
+    assert calls == ["patched"]
+    del model.forward
+    model._compiled_call_impl = lambda *a, **k: (calls.append("compiled"), nn.Sequential.forward(model, *a))[1]
+    mixer(x, y)
+    assert calls == ["patched", "compiled"]
+    model._compiled_call_impl = None
+    mixer(x, y)
+    assert calls == ["patched", "compiled"] and mixer._split("1", False) is not None
+
+
+def test_a_layer_that_also_runs_elsewhere_keeps_the_hook_semantics():
+    lin = nn.Linear(8, 8)
+    model = nn.Sequential(nn.Linear(6, 8), lin, nn.Sequential(nn.ReLU(), lin), nn.Linear(8, 4))
+    mixer = mm.ManifoldMixup(model, "1", alpha=1.0, num_classes=4, generator=0)
+    assert mixer._split("1", False) is None
+    x, y = _seq_data()
+    with pytest.warns(UserWarning, match="runs more than once"):
+        mixer(x, y)
+
+
+def test_hooks_removed_later_let_the_direct_path_back_and_nested_edits_are_noticed():
+    x, y = _seq_data()
+    model = _seq_model()
+    h = model.register_forward_pre_hook(lambda m, a: None)
+    mixer = mm.ManifoldMixup(model, "1", alpha=1.0, num_classes=4, generator=0)
+    mixer(x, y)
+    assert mixer._split("1", False) is None
+    h.remove()
+    assert mixer._split("1", False) is not None
+    # fresh ConfMix's cut: a module swapped inside a block before the cut is noticed
+    torch.manual_seed(0)
+    nested = nn.Sequential(nn.Sequential(nn.Linear(6, 8), nn.ReLU()), nn.ReLU(), nn.Linear(8, 4))
+    cm = mm.ManifoldMixup(nested, "1", alpha=mm.ConfMix(warmup_epochs=0), num_classes=4, generator=0)
+    cm(x, y)
+    assert cm._split("1", True) is not None
+    nested[0][1] = nn.Sequential(nn.ReLU(), nn.Dropout(0.9))
+    assert cm._split("1", True) is None
+
+
+def test_dense_form_gives_way_where_the_matmul_precision_cannot_be_read(monkeypatch):
+    # newer torch raises from the global getter once per-backend precisions are set
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(10, 8, generator=g)
+    plan = mm.mixing.with_matrix(MixPlan(torch.randperm(10, generator=g), torch.rand(10, generator=g)))
+    gather = mix(h, MixPlan(plan.perm, plan.lam))
+
+    def refuse():
+        raise RuntimeError("PyTorch is checking the matmul precision without a specific backend name")
+
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", refuse)
+    assert torch.equal(mix(h, plan), gather)

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -189,8 +190,9 @@ def _check_config(config: EnsembleConfig) -> None:
         raise ValueError(f"config.hidden must be a non-empty tuple of positive integers; got {config.hidden!r}")
     if config.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"config.dtype must be torch.float32 or torch.float64; got {config.dtype}")
-    if isinstance(config.memory_budget, bool) or not isinstance(config.memory_budget, int) or config.memory_budget < 1:
-        raise ValueError(f"config.memory_budget must be a number of bytes >= 1; got {config.memory_budget!r}")
+    mb = config.memory_budget
+    if isinstance(mb, bool) or not isinstance(mb, numbers.Real) or not math.isfinite(mb) or mb < 1:
+        raise ValueError(f"config.memory_budget must be a finite number of bytes >= 1; got {mb!r}")
     if config.chunk_models is not None and (not isinstance(config.chunk_models, int) or config.chunk_models < 1):
         raise ValueError(f"config.chunk_models must be None or an integer >= 1; got {config.chunk_models!r}")
     for name in ("workers", "threads_per_worker"):
@@ -229,7 +231,7 @@ def _bytes_per_model(d: int, hidden: Sequence[int], k: int, n: int, batch: int, 
 def chunk_size_for(d: int, k: int, n: int, config: EnsembleConfig, device_type: str = "cpu") -> int:
     """Members per chunk for this budget (raises ValueError if even one member does not fit)."""
     per = _bytes_per_model(d, config.hidden, k, n, config.batch_size, config)
-    budget = config.memory_budget
+    budget = int(config.memory_budget)
     fit = budget // per
     if fit < 1:
         raise ValueError(

@@ -112,28 +112,37 @@ class _Split(NamedTuple):
     suffix_inplace: bool  # a module after the cut may write into its input
     layout: tuple[tuple[nn.Module, ...], ...]  # ``_layout(containers)`` when the cut was made
     mode_free: bool  # made for fresh ConfMix (see ``sequential_split``)
+    root: nn.Module  # the model that was cut
 
     def hooked(self) -> bool:
-        """Hooks that running the layers one by one would skip or change (checked per call: hooks
-        may come and go): hooks on a container on the path; for a ``mode_free`` cut also hooks on
-        any module up to it (they would run once, and could depend on the mode). Hooks of the
-        layers themselves run as usual when the layers are called one by one."""
+        """Something that running the layers one by one would skip or change (checked per call:
+        hooks and patches may come and go): hooks, an instance-level ``forward`` or a compiled call
+        on a container on the path; backward hooks on the cut layer (they would see the gradient
+        of its unmixed output); for a ``mode_free`` cut, hooks on any module up to the cut (they
+        would run once, and could depend on the mode). Other hooks of the layers run as usual."""
         for m in self.containers:
-            if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+            if _has_hooks(m) or "forward" in m.__dict__ or getattr(m, "_compiled_call_impl", None) is not None:
                 return True
+        layer = self.prefix[-1]
+        if layer._backward_hooks or getattr(layer, "_backward_pre_hooks", None):
+            return True
         return self.mode_free and any(_has_hooks(m) for m in self.prefix_modules)
 
     def stale(self) -> bool:
-        """A layer on the path was replaced, added or removed since the cut was made."""
-        return _layout(self.containers) != self.layout
+        """A layer on the path was replaced, added or removed since the cut was made (for a
+        ``mode_free`` cut, also a module anywhere inside the layers up to the cut)."""
+        if _layout(self.containers) != self.layout:
+            return True
+        return self.mode_free and [m for top in self.prefix for m in top.modules()] != self.prefix_modules
 
 
-def sequential_split(model: nn.Module, name: str, mode_free: bool = True) -> _Split | None:
+def sequential_split(model: nn.Module, name: str, mode_free: bool = True, check_hooks: bool = True) -> _Split | None:
     """Cut ``model`` at the layer ``name`` if that changes nothing: every container on the path
-    is a plain ``nn.Sequential`` (its own forward, no hooks), no module appears twice, and no
-    module up to the layer has hooks. ``mode_free`` (for fresh ConfMix, whose confidences run the
-    layers after the cut in eval mode) also requires every module up to the layer to behave the
-    same in train and eval mode. Otherwise None."""
+    is a plain ``nn.Sequential`` (its own forward), the layer appears nowhere else in the model's
+    chain, and no module appears twice at the top of the chain. ``mode_free`` (for fresh ConfMix,
+    whose confidences run the layers after the cut in eval mode) also requires every module up to
+    the layer to behave the same in train and eval mode. ``check_hooks``: also None while
+    ``_Split.hooked()`` holds (callers that cache the cut check that per call instead)."""
     before: list[nn.Module] = []
     after: list[nn.Module] = []
     containers: list[nn.Module] = []
@@ -154,12 +163,14 @@ def sequential_split(model: nn.Module, name: str, mode_free: bool = True) -> _Sp
     chain = prefix + after
     if any(m is None for m in chain) or len({id(m) for m in chain}) != len(chain):
         return None
+    if any(m is node for top in chain if top is not node for m in top.modules()):
+        return None  # the layer also runs inside another one: a hook would mix at its first call
     prefix_modules = [m for top in prefix for m in top.modules()]
     if mode_free and not all(type(m) in _MODE_FREE for m in prefix_modules):
         return None
     inplace = any(getattr(m, "inplace", False) for top in after for m in top.modules())
-    split = _Split(prefix, after, containers, prefix_modules, inplace, _layout(containers), mode_free)
-    return None if split.hooked() else split
+    split = _Split(prefix, after, containers, prefix_modules, inplace, _layout(containers), mode_free, model)
+    return None if check_hooks and split.hooked() else split
 
 
 class _CallState:
@@ -410,14 +421,17 @@ class ManifoldMixup(nn.Module):
             pol.record(alpha, lam)
 
     def _split(self, layer: str, mode_free: bool = True) -> _Split | None:
-        """The model cut at ``layer`` (cached per layer; see ``sequential_split``), or None."""
+        """The model cut at ``layer`` (cached per layer; see ``sequential_split``), or None. The
+        cut must end at the module the mixer was made for, the one its hook would go on."""
         if layer == INPUT or layer in self.select or _global_hooks():
             return None
         key = (layer, mode_free)
         split = self._splits.get(key, key)
-        if split is key or (split is not None and split.stale()):
-            split = self._splits[key] = sequential_split(self.model, layer, mode_free)
-        return None if split is None or split.hooked() else split
+        if split is key or (split is not None and (split.root is not self.model or split.stale())):
+            split = self._splits[key] = sequential_split(self.model, layer, mode_free, check_hooks=False)
+        if split is None or split.prefix[-1] is not self._modules_by_name[layer] or split.hooked():
+            return None
+        return split
 
     def _split_forward(self, x: Tensor, y: Tensor, rows: Tensor | None, index: Tensor | None, layer: str, split: _Split) -> tuple[Tensor, Tensor]:
         """Fresh ConfMix through a cut model: the layers up to the mixing point run once, on the

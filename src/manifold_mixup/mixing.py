@@ -41,6 +41,15 @@ __all__ = [
 DENSE_MAX_BATCH = 64  # plans for batches up to this size carry a dense mixing matrix
 
 
+def _exact_fp32_matmul() -> bool:
+    """float32 matrix products are exact float32 (matmul precision "highest": no TF32 or bf16
+    passes). Where only per-backend settings answer (newer torch raises), the answer is no."""
+    try:
+        return torch.get_float32_matmul_precision() == "highest"
+    except RuntimeError:
+        return False
+
+
 def _autocast_enabled(device_type: str) -> bool:
     try:
         return torch.is_autocast_enabled(device_type)
@@ -86,8 +95,9 @@ class MixPlan:
         if self.perm.device == torch.device(device) and self.lam.device == self.perm.device:
             return self
         m = self.matrix
-        return MixPlan(self.perm.to(device, non_blocking=True), self.lam.to(device, non_blocking=True),
-                       None if m is None else m.to(device, non_blocking=True))
+        nb = torch.device(device).type == "cuda"  # a copy to the host must be complete before use
+        return MixPlan(self.perm.to(device, non_blocking=nb), self.lam.to(device, non_blocking=nb),
+                       None if m is None else m.to(device, non_blocking=nb))
 
 
 def with_matrix(plan: MixPlan) -> MixPlan:
@@ -326,7 +336,7 @@ def mix(h: Tensor, plan: MixPlan) -> Tensor:
         )
     m = plan.matrix
     if (m is not None and h.dtype == m.dtype and h.device == m.device and h.is_contiguous()
-            and not _autocast_enabled(h.device.type) and torch.get_float32_matmul_precision() == "highest"):
+            and not _autocast_enabled(h.device.type) and _exact_fp32_matmul()):
         return torch.mm(m, h) if h.ndim == 2 else torch.mm(m, h.view(h.shape[0], -1)).view(h.shape)
     lam = plan.lam.to(device=h.device, dtype=h.dtype).view((-1,) + (1,) * (h.ndim - 1))
     # lerp(a, b, w) = a + w (b - a), one fused kernel; exact at w = 1 (gives b) and w = 0 (gives a)
