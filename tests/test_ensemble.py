@@ -194,3 +194,16 @@ def test_bad_inputs(change, match):
     kw.update(change)
     with pytest.raises(ValueError, match=match):
         train_ensemble(**kw)
+
+
+def test_memory_budget_takes_any_finite_number_of_bytes():
+    import numpy as np
+
+    from manifold_mixup.ensemble import chunk_size_for
+
+    for budget in (2e9, np.int64(1 << 30), 1 << 30):
+        cfg = EnsembleConfig(batch_size=BATCH, hidden=HIDDEN, memory_budget=budget)
+        assert chunk_size_for(2, 3, N, cfg) == chunk_size_for(2, 3, N, EnsembleConfig(batch_size=BATCH, hidden=HIDDEN))
+    x, y = make_data(2, [3, 3])
+    train_ensemble(x, y, 3, [MemberSpec(0), MemberSpec(1, 1, 0.5)],
+                   EnsembleConfig(epochs=1, batch_size=BATCH, hidden=HIDDEN, memory_budget=2e9))
