@@ -92,10 +92,11 @@ class MixPlan:
         return int(self.perm.shape[0])
 
     def to(self, device: torch.device | str) -> "MixPlan":
-        if self.perm.device == torch.device(device) and self.lam.device == self.perm.device:
+        device = torch.device(device)
+        if self.perm.device == device and self.lam.device == self.perm.device:
             return self
         m = self.matrix
-        nb = torch.device(device).type == "cuda"  # a copy to the host must be complete before use
+        nb = device.type == "cuda"  # a copy to the host must be complete before use
         return MixPlan(self.perm.to(device, non_blocking=nb), self.lam.to(device, non_blocking=nb),
                        None if m is None else m.to(device, non_blocking=nb))
 
@@ -266,18 +267,20 @@ class PlanSampler:
         if len(probs) == 1:
             return 0
         cum = probs if cumulative else np.cumsum(probs).tolist()
+        return min(bisect.bisect_right(cum, self._uniform_block().pop()), len(probs) - 1)
+
+    def _uniform_block(self) -> list[float]:
+        """The uniforms left for layer choices, used from the end; a new block when none is left."""
         if not self._uniforms:
             self._uniforms = self.rng.random(self.block).tolist()[::-1]
-        return min(bisect.bisect_right(cum, self._uniforms.pop()), len(probs) - 1)
+        return self._uniforms
 
     def choices_ahead(self, cum: Sequence[float]) -> list[int]:
         """The choices that the next calls of ``choice(cum, cumulative=True)`` would make, up to
         the end of the current block of uniforms (drawing a block if none is left), in reverse
         order (pop from the end) and consumed: the same draws, made once per block."""
-        if not self._uniforms:
-            self._uniforms = self.rng.random(self.block).tolist()[::-1]
         last = len(cum) - 1
-        out = [min(bisect.bisect_right(cum, u), last) for u in self._uniforms]
+        out = [min(bisect.bisect_right(cum, u), last) for u in self._uniform_block()]
         self._uniforms = []
         return out
 
