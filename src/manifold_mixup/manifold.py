@@ -310,21 +310,21 @@ class ManifoldMixup(nn.Module):
         self.policy.set_epoch(epoch)
 
     # -- the mixed forward --------------------------------------------------------------
-    def _confidence(self, x: Tensor, index: Tensor | None, k: int | None) -> tuple[Tensor, int]:
-        pol = self.policy
-        assert isinstance(pol, ConfMix)
-        if pol.confidence == "cached":
-            if index is None:
-                raise ValueError("ConfMix(confidence='cached') needs the batch's sample indices: mixer(x, y, index=idx)")
-            if k is None:
-                raise ValueError("ConfMix(confidence='cached') needs num_classes=K on the mixer")
-            conf = pol.cached_confidence(index, k)
-            self._state.looked_up = True  # the cache now covers these indices
-            return conf, k
+    def _fresh_confidence(self, x: Tensor) -> tuple[Tensor, int]:
+        """Fresh ConfMix's confidences: max softmax of an eval-mode, no-grad forward; and K."""
         with eval_mode(self.model), torch.no_grad():
             logits = self.model(x)
         probs = torch.softmax(logits.float(), -1)
         return probs.max(-1).values, logits.shape[-1]
+
+    @staticmethod
+    def _check_cached(index: Tensor | None, k: int | None) -> Tensor:
+        """The sample indices that cached ConfMix needs, or a clear error."""
+        if index is None:
+            raise ValueError("ConfMix(confidence='cached') needs the batch's sample indices: mixer(x, y, index=idx)")
+        if k is None:
+            raise ValueError("ConfMix(confidence='cached') needs num_classes=K on the mixer")
+        return index
 
     def forward(
         self,
@@ -385,8 +385,11 @@ class ManifoldMixup(nn.Module):
                 alpha = 0.0
             elif pol.confidence == "fresh" and self.reuse_prefix and (split := self._split(layer, True)) is not None:
                 return self._split_forward(x, y, rows, index, layer, split)
+            elif pol.confidence == "cached":
+                alpha = pol.cached_alpha(self._check_cached(index, k), k)
+                self._state.looked_up = True  # the cache now covers these indices
             else:
-                conf, k_seen = self._confidence(x, index, k)
+                conf, k_seen = self._fresh_confidence(x)
                 alpha = pol.confmix_alpha(conf, k_seen, check=False).double().numpy()
             plan = self._confmix_plan(b, alpha)
         else:

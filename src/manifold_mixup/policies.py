@@ -233,6 +233,30 @@ class ConfMix(AlphaPolicy):
             cache = self._cache = grown
         return cache
 
+    def cached_alpha(self, index: Tensor, num_classes: int) -> np.ndarray:
+        """alpha_i (before halving, float64 [B]) of the cached confidences at sample indices ``index``
+        (a LongTensor [B]); the same numbers as ``confmix_alpha(cached_confidence(index, K), K)``,
+        and the cache then covers ``index``. A CPU cache is read in numpy: one array lookup and
+        four array operations per step, where the torch path costs a dozen calls."""
+        if self.in_warmup:
+            return np.zeros(index.shape[0])
+        cache = self._cache
+        if (cache is None or not cache.is_cpu or not index.is_cpu or index.dtype != torch.long
+                or num_classes < 2 or not index.shape[0]):
+            return self._alpha_of(self.cached_confidence(index, num_classes), num_classes)
+        idx = index.numpy()  # (sample indices carry no gradient)
+        # a negative index reads as a huge unsigned one: one comparison checks both ends
+        if int(idx.view(np.uint64).max()) >= cache.shape[0]:
+            return self._alpha_of(self.cached_confidence(index, num_classes), num_classes)
+        k = num_classes
+        # float32 as in ``confmix_alpha`` (bit for bit); unseen samples (NaN) get alpha 0 (fmax)
+        a = np.fmax((cache.numpy()[idx] - np.float32(1.0 / k)) * np.float32(k / (k - 1)), np.float32(0.0))
+        return np.minimum(a, np.float32(1.0), out=a).astype(np.float64)
+
+    @staticmethod
+    def _alpha_of(confidence: Tensor, k: int) -> np.ndarray:
+        return confmix_alpha(confidence, k, check=False).to("cpu", torch.float64).numpy()
+
     def cached_confidence(self, index: Tensor, num_classes: int) -> Tensor:
         """Confidences [B] for sample indices; unseen samples get 1/K (so alpha 0)."""
         index = index.detach()
@@ -245,10 +269,14 @@ class ConfMix(AlphaPolicy):
         repeated within one batch keeps one of its rows' values: the last on the CPU, any on CUDA).
         grown: the cache already covers ``index`` on the logits' device (the mixer looked the
         same indices up before the forward), so the range check is not repeated."""
-        index = index.detach()
-        conf = torch.softmax(logits.detach().float(), -1).amax(-1)
-        cache = self._cache if grown and self._cache is not None and self._cache.device == conf.device else self._grow(index, conf.device)
-        cache.index_copy_(0, index.to(cache.device, torch.long), conf)
+        logits = logits.detach()
+        conf = torch.softmax(logits if logits.dtype == torch.float32 else logits.float(), -1).amax(-1)
+        cache = self._cache
+        if not (grown and cache is not None and cache.device == conf.device):
+            cache = self._grow(index.detach(), conf.device)
+        if index.dtype != torch.long or index.device != cache.device:
+            index = index.to(cache.device, torch.long)
+        cache.index_copy_(0, index, conf)
 
 
 class HalfConfMix(ConfMix):
