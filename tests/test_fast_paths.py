@@ -503,3 +503,28 @@ def test_dense_form_gives_way_where_the_matmul_precision_cannot_be_read(monkeypa
 
     monkeypatch.setattr(torch, "get_float32_matmul_precision", refuse)
     assert torch.equal(mix(h, plan), gather)
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_cached_alpha_is_the_torch_alpha_bit_for_bit(k):
+    g = torch.Generator().manual_seed(k)
+    pol = mm.ConfMix(warmup_epochs=0, confidence="cached")
+    logits = torch.randn(30, k, generator=g) * 3
+    logits[0] = 0.0  # uniform prediction: confidence 1/K, alpha exactly 0
+    logits[1] = torch.tensor([50.0] + [0.0] * (k - 1))  # near one-hot: alpha 1 after clipping
+    seen = torch.randperm(40, generator=g)[:30]
+    pol.observe(seen, logits)
+    inside = torch.randint(0, 40, (64,), generator=g)  # some never seen (NaN in the cache)
+    inside[:2] = seen[:2]
+    got = pol.cached_alpha(inside, k)  # read in numpy
+    expect = mm.confmix_alpha(pol.cached_confidence(inside, k), k).double().numpy()
+    assert got.dtype == np.float64 and np.array_equal(got, expect)
+    assert got[0] == 0.0 and got[1] == pytest.approx(1.0, abs=1e-6)  # (float32: 1 - 6e-8 at K = 3)
+    assert (got[~np.isin(inside.numpy(), seen.numpy())] == 0).all()
+    beyond = torch.tensor([3, 45, 39])  # past the end of the cache: grown, then read
+    assert np.array_equal(pol.cached_alpha(beyond, k), mm.confmix_alpha(pol.cached_confidence(beyond, k), k).double().numpy())
+    assert pol._cache.shape[0] == 46
+    with pytest.raises(ValueError, match="indices must be >= 0"):
+        pol.cached_alpha(torch.tensor([0, -1]), k)
+    pol.set_epoch(0.0)
+    assert np.array_equal(mm.ConfMix(warmup_epochs=1, confidence="cached").cached_alpha(inside, k), np.zeros(64))
