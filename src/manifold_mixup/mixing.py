@@ -336,6 +336,21 @@ def identity_plan(batch_size: int, device: torch.device | str = "cpu") -> MixPla
     return MixPlan(torch.arange(batch_size, device=device), torch.ones(batch_size, device=device))
 
 
+def _dense_allowed(device_type: str) -> bool:
+    """The global conditions of ``mix``'s dense form: no autocast, exact float32 matmul."""
+    return not _autocast_enabled(device_type) and _exact_fp32_matmul()
+
+
+def _mix_with(h: Tensor, plan: MixPlan, dense: bool) -> Tensor:
+    """``mix`` for a caller that already read the global conditions (``dense``, from
+    ``_dense_allowed``; the mixer reads them once per call): the same numbers, fewer checks."""
+    m = plan.matrix
+    if (dense and m is not None and h.ndim == 2 and h.shape[0] == m.shape[0] and h.dtype == m.dtype
+            and h.device == m.device and h.is_contiguous()):
+        return torch.mm(m, h)
+    return mix(h, plan)
+
+
 def mix(h: Tensor, plan: MixPlan) -> Tensor:
     """Mix a batch-first tensor h [B, ...]: ``lam*h + (1-lam)*h[perm]``, in h's dtype and device."""
     if h.ndim == 0 or h.shape[0] != plan.perm.shape[0]:
@@ -345,7 +360,7 @@ def mix(h: Tensor, plan: MixPlan) -> Tensor:
         )
     m = plan.matrix
     if (m is not None and h.dtype == m.dtype and h.device == m.device and h.is_contiguous()
-            and not _autocast_enabled(h.device.type) and _exact_fp32_matmul()):
+            and _dense_allowed(h.device.type)):
         return torch.mm(m, h) if h.ndim == 2 else torch.mm(m, h.view(h.shape[0], -1)).view(h.shape)
     lam = plan.lam.to(device=h.device, dtype=h.dtype).view((-1,) + (1,) * (h.ndim - 1))
     # lerp(a, b, w) = a + w (b - a), one fused kernel; exact at w = 1 (gives b) and w = 0 (gives a)
