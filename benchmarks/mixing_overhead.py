@@ -18,7 +18,11 @@ turns that off): training the same batch for thousands of steps drives Adam's mo
 units into the denormal range, where CPU arithmetic is many times slower, and that slows the
 ERM and the mixed steps alike by an amount that has nothing to do with mixing.
 
-    python benchmarks/mixing_overhead.py [--seconds 40] [--models paper-mlp ...] [--device cpu]
+``--reference`` adds hand-written mixed steps of the Sequential models (``reference-manifold``,
+``reference-confmix-cached``; see ``reference_steps``): the least code that mixes, timed beside the
+library in the same rounds, so a ratio can be read as "mixing itself" plus "the library's own cost".
+
+    python benchmarks/mixing_overhead.py [--seconds 40] [--models paper-mlp ...] [--device cpu] [--reference]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import random
 import statistics
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -87,6 +92,70 @@ def make_step(model, opt, x, y, method):
     return step
 
 
+def reference_steps(model, opt, x, y, layers, seed=4):
+    """Hand-written mixed steps for a plain ``nn.Sequential`` (``--reference``): what the least
+    code can do, with no checks, records or dispatch, so the library's own cost per step can be
+    told apart from the cost of the mixing itself on this machine.
+
+    ``reference-manifold``: plans (permutation, Beta(1/2, 1/2) lambdas, mixing matrix) and layers
+    drawn 64 steps ahead, then per step the layers before the cut, one matrix product, the layers
+    after it, and the targets as the same product of one-hot rows. ``reference-confmix-cached``:
+    per step alpha_i read from a numpy array of cached alphas, lambda_i ~ Beta(alpha_i, alpha_i),
+    a permutation and the matrix built in numpy, the same forward, and the new alphas written back
+    from the max softmax of the outputs."""
+    mods = list(model)
+    names = list(model._modules)
+    layers = [layers] if isinstance(layers, str) else layers
+    cuts = [names.index(layer) + 1 for layer in layers]
+    b, k = len(x), int(y.max()) + 1
+    rng = np.random.default_rng(seed)
+    eye = torch.eye(k, device=x.device)
+    ahead = []
+
+    def forward(m, cut):
+        h = x
+        for mod in mods[:cut]:
+            h = mod(h)
+        h = torch.mm(m, h.reshape(b, -1)).reshape(h.shape)
+        for mod in mods[cut:]:
+            h = mod(h)
+        return h, torch.mm(m, torch.index_select(eye, 0, y))
+
+    def train(logits, targets):
+        loss = F.cross_entropy(logits, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return logits
+
+    def manifold():
+        if not ahead:
+            perms = rng.permuted(np.broadcast_to(np.arange(b), (64, b)), axis=1)
+            mats = torch.from_numpy(mm.mixing.mixing_matrices(perms, rng.beta(0.5, 0.5, (64, b)))).to(x.device)
+            ahead.extend(zip(mats.unbind(0), rng.integers(0, len(cuts), 64).tolist()))
+        m, c = ahead.pop()
+        train(*forward(m, cuts[c]))
+
+    alphas = np.zeros(b)
+    alphas_t = torch.from_numpy(alphas)
+    rows = np.arange(b)
+    index = torch.arange(b, device=x.device)
+
+    def confmix_cached():
+        a = alphas[index.cpu().numpy()]
+        on = a > 0
+        lam = rng.beta(a, a) if on.all() else np.where(on, rng.beta(np.where(on, a, 1), np.where(on, a, 1)), 1.0)
+        m = np.zeros((b, b), np.float32)
+        m[rows, rows] = lam
+        m[rows, rng.permutation(b)] += 1 - lam
+        logits = train(*forward(torch.from_numpy(m).to(x.device), cuts[int(rng.integers(len(cuts)))]))
+        with torch.no_grad():
+            conf = torch.softmax(logits, -1).amax(-1)
+            alphas_t.index_copy_(0, index.cpu(), conf.sub_(1 / k).mul_(k / (k - 1)).clamp_(0, 1).double().cpu())
+
+    return {"reference-manifold": manifold, "reference-confmix-cached": confmix_cached}
+
+
 def timed(step, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -103,6 +172,8 @@ def main() -> None:
     ap.add_argument("--min-rounds", type=int, default=20)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--keep-denormals", action="store_true", help="do not flush denormal floats to zero")
+    ap.add_argument("--reference", action="store_true",
+                    help="also time hand-written mixed steps (no library code) of the Sequential models")
     ap.add_argument("--models", nargs="+", default=None, help="subset of: paper-mlp paper-cnn paper-cnn-digits small-resnet")
     a = ap.parse_args()
     if not a.keep_denormals:
@@ -120,6 +191,8 @@ def main() -> None:
         steps = {"erm": make_step(model, opt, x, y, None)}
         for m, spec in methods.items():
             steps[m] = make_step(model, opt, x, y, spec)
+        if a.reference and isinstance(model, torch.nn.Sequential):
+            steps.update(reference_steps(model, opt, x, y, methods["manifold"][0]))
         warm = {m: min(timed(s, device) for _ in range(5)) for m, s in steps.items()}
         rounds = max(a.min_rounds, int(a.seconds / sum(warm.values())))
         times = {m: [] for m in steps}
@@ -129,7 +202,7 @@ def main() -> None:
             for m in names:
                 times[m].append(timed(steps[m], device))
         erm = statistics.median(times["erm"])
-        for m in methods:
+        for m in (m for m in steps if m != "erm"):
             t = statistics.median(times[m])
             paired = [tm / te for tm, te in zip(times[m], times["erm"])]
             q1, q2, q3 = statistics.quantiles(paired, n=4)
