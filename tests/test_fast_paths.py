@@ -528,3 +528,42 @@ def test_cached_alpha_is_the_torch_alpha_bit_for_bit(k):
         pol.cached_alpha(torch.tensor([0, -1]), k)
     pol.set_epoch(0.0)
     assert np.array_equal(mm.ConfMix(warmup_epochs=1, confidence="cached").cached_alpha(inside, k), np.zeros(64))
+
+
+def test_cached_confmix_refuses_a_bad_index_before_drawing_anything():
+    model = mm.mlp(3, hidden=(8,), generator=torch.Generator().manual_seed(0))
+    mixer = mm.ManifoldMixup(model, "relu1", alpha=mm.ConfMix(warmup_epochs=0, confidence="cached"), num_classes=3, generator=5)
+    twin = mm.ManifoldMixup(model, "relu1", alpha=mm.ConfMix(warmup_epochs=0, confidence="cached"), num_classes=3, generator=5)
+    x, y = torch.randn(8, 2), torch.randint(0, 3, (8,))
+    for bad in (torch.arange(8)[:, None], torch.arange(8.0), torch.ones(8, dtype=torch.bool)):
+        with pytest.raises(ValueError, match="index must be an integer tensor"):
+            mixer(x, y, index=bad)
+    mixer(x, y, index=torch.arange(8))
+    twin(x, y, index=torch.arange(8))
+    assert torch.equal(mixer.last_plan.perm, twin.last_plan.perm)  # the refused calls drew nothing
+    assert torch.equal(mixer.last_plan.lam, twin.last_plan.lam)
+
+
+def test_dense_form_steps_aside_on_a_device_type_autocast_does_not_know():
+    from manifold_mixup.mixing import _dense_allowed
+    assert _dense_allowed("meta") is False
+    model = mm.mlp(3, hidden=(8,), generator=torch.Generator().manual_seed(0)).to("meta")
+    mixer = mm.ManifoldMixup(model, "relu1", num_classes=3, generator=0)
+    logits, targets = mixer(torch.randn(100, 2, device="meta"), torch.randint(0, 3, (100,)))  # (labels checked on the CPU)
+    assert logits.shape == targets.shape == (100, 3)
+
+
+def test_cached_confmix_under_a_float64_default_dtype():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = mm.mlp(3, hidden=(8,), generator=torch.Generator().manual_seed(0))
+        pol = mm.ConfMix(warmup_epochs=0, confidence="cached")
+        mixer = mm.ManifoldMixup(model, "relu1", alpha=pol, num_classes=3, generator=0)
+        x, y, idx = torch.randn(6, 2), torch.randint(0, 3, (6,)), torch.arange(6)
+        logits, _ = mixer(x, y, index=idx)
+        assert pol._cache.dtype == torch.float32
+        expect = torch.softmax(logits.detach().float(), -1).amax(-1)
+        assert torch.equal(pol.cached_confidence(idx, 3), expect)
+    finally:
+        torch.set_default_dtype(old)

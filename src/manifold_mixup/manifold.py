@@ -326,6 +326,8 @@ class ManifoldMixup(nn.Module):
         """The sample indices that cached ConfMix needs, or a clear error."""
         if index is None:
             raise ValueError("ConfMix(confidence='cached') needs the batch's sample indices: mixer(x, y, index=idx)")
+        if index.ndim != 1 or index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+            raise ValueError(f"index must be an integer tensor [B] of sample indices; got {index.dtype} of shape {tuple(index.shape)}")
         if k is None:
             raise ValueError("ConfMix(confidence='cached') needs num_classes=K on the mixer")
         return index

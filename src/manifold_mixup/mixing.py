@@ -337,8 +337,12 @@ def identity_plan(batch_size: int, device: torch.device | str = "cpu") -> MixPla
 
 
 def _dense_allowed(device_type: str) -> bool:
-    """The global conditions of ``mix``'s dense form: no autocast, exact float32 matmul."""
-    return not _autocast_enabled(device_type) and _exact_fp32_matmul()
+    """The global conditions of ``mix``'s dense form: no autocast, exact float32 matmul (False for
+    a device type that autocast does not know, such as "meta")."""
+    try:
+        return not _autocast_enabled(device_type) and _exact_fp32_matmul()
+    except RuntimeError:
+        return False
 
 
 def _mix_with(h: Tensor, plan: MixPlan, dense: bool) -> Tensor:

@@ -227,7 +227,7 @@ class ConfMix(AlphaPolicy):
         cache = self._cache
         if cache is None or cache.shape[0] < need or cache.device != device:
             size = max(need, 1 if cache is None else cache.shape[0])
-            grown = torch.full((size,), float("nan"), device=device)
+            grown = torch.full((size,), float("nan"), dtype=torch.float32, device=device)
             if cache is not None:
                 grown[: cache.shape[0]] = cache.to(device)
             cache = self._cache = grown
@@ -236,13 +236,14 @@ class ConfMix(AlphaPolicy):
     def cached_alpha(self, index: Tensor, num_classes: int) -> np.ndarray:
         """alpha_i (before halving, float64 [B]) of the cached confidences at sample indices ``index``
         (a LongTensor [B]); the same numbers as ``confmix_alpha(cached_confidence(index, K), K)``,
-        and the cache then covers ``index``. A CPU cache is read in numpy: one array lookup and
-        four array operations per step, where the torch path costs a dozen calls."""
+        and the cache then covers ``index``; zeros during warm-up (the indices are not read then).
+        A CPU cache is read in numpy: one array lookup and four array operations per step, where
+        the torch path costs a dozen calls."""
         if self.in_warmup:
             return np.zeros(index.shape[0])
         cache = self._cache
-        if (cache is None or not cache.is_cpu or not index.is_cpu or index.dtype != torch.long
-                or num_classes < 2 or not index.shape[0]):
+        if (cache is None or not cache.is_cpu or not index.is_cpu or index.dtype != torch.long or index.ndim != 1
+                or type(num_classes) is not int or num_classes < 2 or not index.shape[0]):
             return self._alpha_of(self.cached_confidence(index, num_classes), num_classes)
         idx = index.numpy()  # (sample indices carry no gradient)
         # a negative index reads as a huge unsigned one: one comparison checks both ends
