@@ -23,8 +23,7 @@ from torch.nn.modules import module as _torch_module
 
 import numpy as np
 
-from .mixing import (MixPlan, PlanSampler, _dense_allowed, _mix_with, check_alpha, check_label_range, mix, mix_targets,
-                     soft_targets, with_matrix)
+from .mixing import MixPlan, PlanSampler, check_alpha, check_label_range, mix, mix_targets, soft_targets, with_matrix
 from .models import eval_mode
 from .policies import AlphaPolicy, ConfMix, Constant, RampDown, RampUp, as_policy
 
@@ -122,8 +121,7 @@ class _Split(NamedTuple):
         of its unmixed output); for a ``mode_free`` cut, hooks on any module up to the cut (they
         would run once, and could depend on the mode). Other hooks of the layers run as usual."""
         for m in self.containers:
-            if (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None)
-                    or "forward" in m.__dict__ or getattr(m, "_compiled_call_impl", None) is not None):
+            if _has_hooks(m) or "forward" in m.__dict__ or getattr(m, "_compiled_call_impl", None) is not None:
                 return True
         layer = self.prefix[-1]
         if layer._backward_hooks or getattr(layer, "_backward_pre_hooks", None):
@@ -133,9 +131,8 @@ class _Split(NamedTuple):
     def stale(self) -> bool:
         """A layer on the path was replaced, added or removed since the cut was made (for a
         ``mode_free`` cut, also a module anywhere inside the layers up to the cut)."""
-        for c, kids in zip(self.containers, self.layout):
-            if tuple(c._modules.values()) != kids:  # (tuples compare their items by identity first)
-                return True
+        if _layout(self.containers) != self.layout:
+            return True
         return self.mode_free and [m for top in self.prefix for m in top.modules()] != self.prefix_modules
 
 
@@ -179,14 +176,13 @@ def sequential_split(model: nn.Module, name: str, mode_free: bool = True, check_
 class _CallState:
     """Per-call state of a mixer, kept off ``nn.Module.__setattr__`` (slow, and called per step)."""
 
-    __slots__ = ("plan", "fired", "last_plan", "looked_up", "dense")
+    __slots__ = ("plan", "fired", "last_plan", "looked_up")
 
     def __init__(self) -> None:
         self.plan: MixPlan | None = None  # the plan of the call in progress
         self.fired = False
         self.last_plan: LastPlan | None = None
         self.looked_up = False  # ConfMix's cache was read (and grown) for this call's indices
-        self.dense = True  # this call may use the dense mixing form (``mixing._dense_allowed``)
 
 
 class ManifoldMixup(nn.Module):
@@ -367,7 +363,6 @@ class ManifoldMixup(nn.Module):
             return logits, self._targets(y, rows, logits, None)
         if b < 2:
             raise ValueError("mixing needs a batch of at least 2 rows; got a batch of 1")
-        self._state.dense = _dense_allowed(x.device.type)  # (read once per call)
         if (plan is None) != (layer is None):
             raise ValueError("plan and layer are given together (to replay a run) or not at all")
         if layer is not None:
@@ -437,7 +432,7 @@ class ManifoldMixup(nn.Module):
             return None
         key = (layer, mode_free)
         split = self._splits.get(key, key)
-        if split is key or (split is not None and (split.root is not self._modules["model"] or split.stale())):
+        if split is key or (split is not None and (split.root is not self.model or split.stale())):
             split = self._splits[key] = sequential_split(self.model, layer, mode_free, check_hooks=False)
         if split is None or split.prefix[-1] is not self._modules_by_name[layer] or split.hooked():
             return None
@@ -460,7 +455,7 @@ class ManifoldMixup(nn.Module):
         conf = torch.softmax(c.float(), -1).amax(-1)
         alpha = pol.confmix_alpha(conf, c.shape[-1], check=False).double().numpy()
         plan = self._confmix_plan(x.shape[0], alpha).to(x.device)
-        h = _mix_with(h, plan, self._state.dense)
+        h = mix(h, plan)
         for m in split.suffix:
             h = m(h)
         return self._finish(y, rows, index, h, plan, layer)
@@ -500,18 +495,18 @@ class ManifoldMixup(nn.Module):
             rows = self._label_rows(y, k)
         elif k != self.num_classes:
             raise ValueError(f"the model returned {k} logits per row but num_classes={self.num_classes}")
-        if not (rows.is_cpu and logits.is_cpu) and rows.device != logits.device:
+        if rows.device != logits.device:
             rows = rows.to(logits.device)
-        return rows if plan is None else _mix_with(rows, plan, self._state.dense)
+        return rows if plan is None else mix(rows, plan)
 
     def _mixed_forward(self, x: Tensor, y: Tensor, rows: Tensor | None, index: Tensor | None, plan: MixPlan, layer: str) -> tuple[Tensor, Tensor]:
         if layer == INPUT:
-            logits = self.model(_mix_with(x, plan, self._state.dense))
+            logits = self.model(mix(x, plan))
         elif self.direct_sequential and (split := self._split(layer, False)) is not None:
             h = x
             for m in split.prefix:
                 h = m(h)
-            h = _mix_with(h, plan, self._state.dense) if isinstance(h, Tensor) else _apply_selector(h, None, None, layer)  # (raises)
+            h = mix(h, plan) if isinstance(h, Tensor) else _apply_selector(h, None, None, layer)  # (raises)
             for m in split.suffix:
                 h = m(h)
             logits = h

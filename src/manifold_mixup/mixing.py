@@ -345,16 +345,6 @@ def _dense_allowed(device_type: str) -> bool:
         return False
 
 
-def _mix_with(h: Tensor, plan: MixPlan, dense: bool) -> Tensor:
-    """``mix`` for a caller that already read the global conditions (``dense``, from
-    ``_dense_allowed``; the mixer reads them once per call): the same numbers, fewer checks."""
-    m = plan.matrix
-    if (dense and m is not None and h.ndim == 2 and h.shape[0] == m.shape[0] and h.dtype == m.dtype
-            and h.device == m.device and h.is_contiguous()):
-        return torch.mm(m, h)
-    return mix(h, plan)
-
-
 def mix(h: Tensor, plan: MixPlan) -> Tensor:
     """Mix a batch-first tensor h [B, ...]: ``lam*h + (1-lam)*h[perm]``, in h's dtype and device."""
     if h.ndim == 0 or h.shape[0] != plan.perm.shape[0]:
