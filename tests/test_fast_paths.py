@@ -567,3 +567,10 @@ def test_cached_confmix_under_a_float64_default_dtype():
         assert torch.equal(pol.cached_confidence(idx, 3), expect)
     finally:
         torch.set_default_dtype(old)
+
+
+def test_cached_confmix_without_num_classes_is_refused_at_once():
+    model = mm.mlp(3, hidden=(8,), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="needs num_classes=K"):
+        mm.ManifoldMixup(model, "relu1", alpha=mm.ConfMix(warmup_epochs=5, confidence="cached"))
+    mm.ManifoldMixup(model, "relu1", alpha=mm.ConfMix(warmup_epochs=5))  # fresh confidences need no K

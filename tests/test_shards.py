@@ -70,3 +70,11 @@ def test_address_without_ray_is_refused(tmp_path):
     store = ShardStore(tmp_path, "toy", {})
     with pytest.raises(ValueError, match="only used with --executor ray"):
         run_shards(store, [Shard("a", {"i": 1})], square_worker, address="127.0.0.1:6379", progress=False)
+
+
+def test_write_atomic_gives_the_permissions_of_a_plain_write(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic = tmp_path / "atomic.txt"
+    write_atomic(atomic, "x")
+    assert atomic.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777

@@ -98,3 +98,17 @@ def test_figure_commands_write_pngs(tmp_path, capsys):
     assert (tmp_path / "s" / "spiral.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["figure2", "--out", str(tmp_path / "f2.png")]) == 0
     assert (tmp_path / "f2.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_confmix_summary_with_one_seed_and_confmix_still_in_warm_up(tmp_path):
+    from manifold_mixup.studies.confmix import summarise
+
+    cfg = ConfMixStudyConfig(methods=("erm", "input-confmix"), seeds=1, epochs=1)  # warm-up 5 epochs
+    with pytest.warns(UserWarning, match="never leave their warm-up"):
+        run_confmix_study(cfg, tmp_path, progress=False)
+    text = (tmp_path / "summary.md").read_text()
+    assert "(1 seed, 1 epochs" in text and "no interval from one seed" in text and "nan" not in text
+    assert "ConfMix never left its warm-up (1 epochs <= warmup_epochs = 5)" in text
+    rows = [{"method": m, "seed": s, "test_acc": 0.5 + 0.01 * s} for m in ("erm", "input-confmix") for s in range(2)]
+    text, _ = summarise(ConfMixStudyConfig(methods=("erm", "input-confmix"), seeds=2, epochs=6), rows)
+    assert "(2 seeds," in text and "95% interval" in text and "warm-up" not in text

@@ -239,6 +239,9 @@ class ManifoldMixup(nn.Module):
             raise ValueError("ConfMix sets alpha per sample: it needs per_sample=True")
         if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):
             raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}")
+        if isinstance(self.policy, ConfMix) and self.policy.confidence == "cached" and num_classes is None:
+            # (otherwise the first call after the warm-up would fail, epochs into training)
+            raise ValueError("ConfMix(confidence='cached') needs num_classes=K on the mixer (unseen samples get confidence 1/K)")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}")
         self.per_sample = per_sample
