@@ -178,7 +178,6 @@ class PlanSampler:
         self._perm_t: Sequence[Tensor] = ()
         self._perm_pos = 0
         self._uniforms: list[float] = []  # for layer choices, drawn ahead, used from the end
-        self._rows = np.arange(0)  # 0..B-1 for the last batch size B
 
     def lam(self, alpha: float | np.ndarray, batch_size: int, per_sample: bool = True) -> np.ndarray:
         """float64 [batch_size] lambdas; alpha a number or a float64 array [batch_size] (already checked)."""
@@ -232,13 +231,8 @@ class PlanSampler:
             lam = self._lam_rows(alpha, 1, batch_size, per_sample)[0].astype(np.float32)
             mixes = alpha > 0
         m = None
-        if mixes and batch_size <= DENSE_MAX_BATCH:  # ``mixing_matrices`` for one plan, in fewer calls
-            rows = self._rows if self._rows.shape[0] == batch_size else np.arange(batch_size)
-            self._rows = rows
-            m = np.zeros((batch_size, batch_size), np.float32)
-            m[rows, rows] = lam
-            m[rows, perm] += 1 - lam
-            m = torch.from_numpy(m)
+        if mixes and batch_size <= DENSE_MAX_BATCH:
+            m = torch.from_numpy(mixing_matrices(perm[None], lam[None])[0])
         return MixPlan(perm_t, torch.from_numpy(lam), m), lam
 
     def next_plan(self, batch_size: int, alpha: float | np.ndarray, per_sample: bool = True,
