@@ -102,8 +102,14 @@ def mlp(
     return nn.Sequential(layers)
 
 
-def paper_cnn(input_shape: Sequence[int], num_classes: int = 10) -> nn.Sequential:
-    """Table 2's CNN for inputs [C, H, W] (3x3 convolutions with padding 1, two 2x2 max-pools)."""
+def paper_cnn(input_shape: Sequence[int], num_classes: int = 10,
+              generator: torch.Generator | None = None) -> nn.Sequential:
+    """Table 2's CNN for inputs [C, H, W] (3x3 convolutions with padding 1, two 2x2 max-pools).
+
+    generator: draws the initial weights with PyTorch's default scheme for ``Conv2d``/``Linear``
+    (kaiming-uniform weights, biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))); without one a fresh
+    unseeded generator is used. The global random state is neither read nor changed.
+    """
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise ValueError(f"input_shape must be (C, H, W) with positive sizes; got {tuple(input_shape)}")
     c, h, w = input_shape
@@ -111,14 +117,29 @@ def paper_cnn(input_shape: Sequence[int], num_classes: int = 10) -> nn.Sequentia
         raise ValueError(f"paper_cnn needs H, W >= 4 for its two 2x2 pools; got {h}x{w}")
     if num_classes < 2:
         raise ValueError(f"num_classes K must be >= 2; got {num_classes}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
     flat = 64 * (h // 4) * (w // 4)
-    return nn.Sequential(OrderedDict([
-        ("conv1", nn.Conv2d(c, 32, 3, padding=1)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
-        ("conv2", nn.Conv2d(32, 64, 3, padding=1)), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
-        ("flatten", nn.Flatten()),
-        ("fc1", nn.Linear(flat, 64)), ("relu3", nn.ReLU()),
-        ("fc2", nn.Linear(64, num_classes)),
-    ]))
+    with torch.device("meta"):  # no draw from the global generator
+        model = nn.Sequential(OrderedDict([
+            ("conv1", nn.Conv2d(c, 32, 3, padding=1)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
+            ("conv2", nn.Conv2d(32, 64, 3, padding=1)), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
+            ("flatten", nn.Flatten()),
+            ("fc1", nn.Linear(flat, 64)), ("relu3", nn.ReLU()),
+            ("fc2", nn.Linear(64, num_classes)),
+        ]))
+    model = model.to_empty(device="cpu")
+    g = generator
+    if g is None:
+        g = torch.Generator()
+        g.seed()  # a non-deterministic seed for this generator only
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=g)
+                bound = 1 / math.sqrt(m.weight[0].numel())
+                m.bias.uniform_(-bound, bound, generator=g)
+    return model
 
 
 class _Block(nn.Module):
