@@ -67,9 +67,9 @@ def plain_loop(x, y, ks, specs, epochs: int, device: torch.device, impl: str) ->
     """Seconds per member-epoch of one nn.Sequential at a time (ManifoldMixup hooks, torch Adam)."""
     t0 = time.perf_counter()
     for i, spec in enumerate(specs):
-        model = mm.mlp(ks[i], HIDDEN, generator=torch.Generator().manual_seed(spec.seed)).to(device)
+        model = mm.models.mlp(ks[i], HIDDEN, generator=torch.Generator().manual_seed(spec.seed)).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3, **{impl: True})
-        mixer = None if spec.mix_layer is None else mm.ManifoldMixup(model, mm.mlp_layer(spec.mix_layer), alpha=ALPHA)
+        mixer = None if spec.mix_layer is None else mm.ManifoldMixup(model, mm.models.mlp_layer(spec.mix_layer), alpha=ALPHA)
         xi, yi = x[i].to(device), y[i].to(device)
         for epoch in range(epochs):
             order, perm, lam = epoch_plan(spec.seed, epoch, N, BATCH, spec.alpha)
@@ -80,7 +80,7 @@ def plain_loop(x, y, ks, specs, epochs: int, device: torch.device, impl: str) ->
                     loss = torch.nn.functional.cross_entropy(model(xi[idx]), yi[idx])
                 else:
                     logits, t = mixer(xi[idx], yi[idx], plan=mm.MixPlan(perm[b], lam[b].float()),
-                                      layer=mm.mlp_layer(spec.mix_layer))
+                                      layer=mm.models.mlp_layer(spec.mix_layer))
                     loss = mm.soft_cross_entropy(logits, t)
                 opt.zero_grad(set_to_none=False)
                 loss.backward()

@@ -45,25 +45,25 @@ def cases(device):
     mlp_x, mlp_y = torch.randn(50, 2, generator=g), torch.randint(0, 5, (50,), generator=g)
     cnn_x, cnn_y = torch.randn(250, 3, 32, 32, generator=g), torch.randint(0, 10, (250,), generator=g)
     res_x, res_y = torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g)
-    yield "paper-mlp", (lambda: mm.mlp(5, generator=torch.Generator().manual_seed(1))), mlp_x, mlp_y, {
+    yield "paper-mlp", (lambda: mm.models.mlp(5, generator=torch.Generator().manual_seed(1))), mlp_x, mlp_y, {
         "manifold": (["relu1", "relu2", "relu3"], 0.5),
         "input": ("input", 0.5),
         "confmix-fresh": (["relu1", "relu2", "relu3"], "fresh"),
         "confmix-cached": (["relu1", "relu2", "relu3"], "cached"),
     }
-    yield "paper-cnn", (lambda: mm.paper_cnn((3, 32, 32), 10)), cnn_x, cnn_y, {
-        "manifold": (mm.PAPER_CNN_MIX_LAYER, 0.5),
-        "confmix-fresh": (mm.PAPER_CNN_MIX_LAYER, "fresh"),
-        "confmix-cached": (mm.PAPER_CNN_MIX_LAYER, "cached"),
+    yield "paper-cnn", (lambda: mm.models.paper_cnn((3, 32, 32), 10)), cnn_x, cnn_y, {
+        "manifold": (mm.models.PAPER_CNN_MIX_LAYER, 0.5),
+        "confmix-fresh": (mm.models.PAPER_CNN_MIX_LAYER, "fresh"),
+        "confmix-cached": (mm.models.PAPER_CNN_MIX_LAYER, "cached"),
     }
     dig_x, dig_y = torch.randn(250, 1, 8, 8, generator=g), torch.randint(0, 10, (250,), generator=g)
-    yield "paper-cnn-digits", (lambda: mm.paper_cnn((1, 8, 8), 10)), dig_x, dig_y, {
+    yield "paper-cnn-digits", (lambda: mm.models.paper_cnn((1, 8, 8), 10)), dig_x, dig_y, {
         "input": ("input", 0.5),
-        "manifold": (mm.PAPER_CNN_MIX_LAYER, 0.5),
-        "confmix-fresh": (mm.PAPER_CNN_MIX_LAYER, "fresh"),
-        "confmix-cached": (mm.PAPER_CNN_MIX_LAYER, "cached"),
+        "manifold": (mm.models.PAPER_CNN_MIX_LAYER, 0.5),
+        "confmix-fresh": (mm.models.PAPER_CNN_MIX_LAYER, "fresh"),
+        "confmix-cached": (mm.models.PAPER_CNN_MIX_LAYER, "cached"),
     }
-    yield "small-resnet", (lambda: mm.small_resnet((3, 32, 32), 10)), res_x, res_y, {
+    yield "small-resnet", (lambda: mm.models.small_resnet((3, 32, 32), 10)), res_x, res_y, {
         "manifold": (["block1", "block2"], 0.5),
     }
 

@@ -36,7 +36,7 @@ def main() -> None:
     rows = []
     for i in range(args.problems):
         problem = GaussianMixtureProblem.random(args.classes, args.components, args.seed + i)
-        mlp = mm.mlp(args.classes, generator=torch.Generator().manual_seed(args.seed + i)).eval()
+        mlp = mm.models.mlp(args.classes, generator=torch.Generator().manual_seed(args.seed + i)).eval()
         t0 = time.perf_counter()
         r_star = problem.bayes_risk()
         t1 = time.perf_counter()

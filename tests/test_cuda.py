@@ -138,7 +138,7 @@ def test_bad_labels_on_device_are_a_clear_error(device):
 
 def test_batchnorm_and_dropout_model_on_device(device):
     torch.manual_seed(0)
-    model = mm.small_resnet((3, 8, 8), 10).to(device)
+    model = mm.models.small_resnet((3, 8, 8), 10).to(device)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(16, 3, 8, 8, generator=g).to(device), torch.randint(0, 10, (16,), generator=g).to(device)
     mixer = mm.ManifoldMixup(model, ["input", "block1", "block2"], alpha=1.0, generator=0, num_classes=10)
@@ -159,8 +159,8 @@ def test_fresh_confmix_on_device_equals_the_cpu_and_the_uncut_model(device):
     results = []
     for dev, reuse in ((torch.device("cpu"), True), (device, True), (device, False)):
         torch.manual_seed(0)
-        model = mm.paper_cnn((1, 8, 8), 10).to(dev)
-        mixer = mm.ManifoldMixup(model, mm.PAPER_CNN_MIX_LAYER, alpha=mm.ConfMix(warmup_epochs=0),
+        model = mm.models.paper_cnn((1, 8, 8), 10).to(dev)
+        mixer = mm.ManifoldMixup(model, mm.models.PAPER_CNN_MIX_LAYER, alpha=mm.ConfMix(warmup_epochs=0),
                                  num_classes=10, generator=7)
         mixer.reuse_prefix = reuse
         g = torch.Generator().manual_seed(1)
@@ -181,7 +181,7 @@ def test_fresh_confmix_on_device_equals_the_cpu_and_the_uncut_model(device):
 
 def test_cached_confmix_on_device_reads_and_writes_the_cache(device):
     torch.manual_seed(0)
-    model = mm.mlp(3, (16, 16)).to(device)
+    model = mm.models.mlp(3, (16, 16)).to(device)
     pol = mm.ConfMix(warmup_epochs=1, confidence="cached")
     mixer = mm.ManifoldMixup(model, "relu1", alpha=pol, generator=0, num_classes=3)
     x, y = (t.to(device) for t in _data(b=40, d=2))
@@ -201,7 +201,7 @@ def test_train_classifier_on_device_equals_the_cpu_run(device):
     x, y = spiral(200, 0)
     runs = []
     for dev in (torch.device("cpu"), device):
-        model = mm.mlp(2, (32, 32), generator=torch.Generator().manual_seed(0)).to(dev)
+        model = mm.models.mlp(2, (32, 32), generator=torch.Generator().manual_seed(0)).to(dev)
         res = train_classifier_run(model, x.to(dev), y.to(dev))
         runs.append((res, [p.detach().cpu() for p in model.parameters()]))
     (rc, pc), (rd, pd) = runs

@@ -29,9 +29,9 @@ def make_data(m: int, ks: list[int], seed: int = 0) -> tuple[torch.Tensor, torch
 
 
 def reference(x, y, k, spec, config=CFG, layer_override=None, perm_fn=None, lam_fn=None):
-    """Train one member through mm.mlp + ManifoldMixup, replaying epoch_plan; returns its Linear weights."""
+    """Train one member through mm.models.mlp + ManifoldMixup, replaying epoch_plan; returns its Linear weights."""
     torch.manual_seed(0)  # the reference path draws nothing from it; set anyway
-    model = mm.mlp(k, config.hidden, generator=torch.Generator().manual_seed(spec.seed)).double()
+    model = mm.models.mlp(k, config.hidden, generator=torch.Generator().manual_seed(spec.seed)).double()
     if config.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     else:
@@ -40,7 +40,7 @@ def reference(x, y, k, spec, config=CFG, layer_override=None, perm_fn=None, lam_
     layer = spec.mix_layer if layer_override is None else layer_override
     mixer = None
     if layer is not None:
-        mixer = mm.ManifoldMixup(model, mm.mlp_layer(layer, depth), alpha=spec.alpha, num_classes=k)
+        mixer = mm.ManifoldMixup(model, mm.models.mlp_layer(layer, depth), alpha=spec.alpha, num_classes=k)
     x = x.double()
     for epoch in range(config.epochs):
         order, perm, lam = epoch_plan(spec.seed, epoch, x.shape[0], config.batch_size, spec.alpha)
@@ -53,7 +53,7 @@ def reference(x, y, k, spec, config=CFG, layer_override=None, perm_fn=None, lam_
                 p, l = perm[b], lam[b]
                 p = perm_fn(p) if perm_fn else p
                 l = lam_fn(l) if lam_fn else l
-                logits, targets = mixer(xb, yb, plan=mm.MixPlan(p, l), layer=mm.mlp_layer(layer, depth))
+                logits, targets = mixer(xb, yb, plan=mm.MixPlan(p, l), layer=mm.models.mlp_layer(layer, depth))
             loss = mm.soft_cross_entropy(logits, targets)
             opt.zero_grad()
             loss.backward()
@@ -75,7 +75,7 @@ def maxdiff(a, b):
 def test_init_matches_mlp():
     x, y = make_data(1, [3])
     params = train_ensemble(x, y, 3, [MemberSpec(5, None, 0.5)], EnsembleConfig(epochs=1, batch_size=BATCH, hidden=HIDDEN, lr=1e-300))
-    ref = mm.mlp(3, HIDDEN, generator=torch.Generator().manual_seed(5))
+    ref = mm.models.mlp(3, HIDDEN, generator=torch.Generator().manual_seed(5))
     assert maxdiff(member_weights(params, 0), [m.weight for m in ref if isinstance(m, torch.nn.Linear)]
                    + [m.bias for m in ref if isinstance(m, torch.nn.Linear)]) < 1e-6
 

@@ -84,7 +84,7 @@ def test_block_sampler_is_reproducible_and_draws_valid_plans():
 
 
 def test_records_summed_in_batches_match_the_plans():
-    model = mm.mlp(3, hidden=(8,), generator=torch.Generator().manual_seed(0))
+    model = mm.models.mlp(3, hidden=(8,), generator=torch.Generator().manual_seed(0))
     mixer = mm.ManifoldMixup(model, ["relu1", "input"], alpha=0.7, generator=1)
     x, y = torch.randn(10, 2), torch.arange(10) % 3
     lams = {0: [], 1: []}
@@ -107,8 +107,8 @@ def test_fresh_confmix_through_the_cut_model_gives_the_same_numbers():
     results = []
     for reuse in (True, False):
         torch.manual_seed(0)
-        model = mm.paper_cnn((1, 8, 8), 10)
-        mixer = mm.ManifoldMixup(model, mm.PAPER_CNN_MIX_LAYER, alpha=mm.ConfMix(warmup_epochs=0),
+        model = mm.models.paper_cnn((1, 8, 8), 10)
+        mixer = mm.ManifoldMixup(model, mm.models.PAPER_CNN_MIX_LAYER, alpha=mm.ConfMix(warmup_epochs=0),
                                  num_classes=10, generator=7)
         mixer.reuse_prefix = reuse
         g = torch.Generator().manual_seed(1)
@@ -127,7 +127,7 @@ def test_fresh_confmix_through_the_cut_model_gives_the_same_numbers():
 
 
 def test_the_cut_is_made_only_where_it_changes_nothing():
-    mlp = mm.mlp(4, hidden=(6, 6))
+    mlp = mm.models.mlp(4, hidden=(6, 6))
     split = sequential_split(mlp, "relu1")
     assert split is not None and [type(m) for m in split.prefix] == [nn.Linear, nn.ReLU]
     x = torch.randn(5, 2)
@@ -144,8 +144,8 @@ def test_the_cut_is_made_only_where_it_changes_nothing():
     assert sequential_split(bn, "2") is None
     assert sequential_split(nn.Sequential(nn.Linear(2, 3), nn.Dropout(0.5), nn.Linear(3, 2)), "1") is None
     assert sequential_split(bn, "0") is not None  # BatchNorm after the cut runs in eval mode for confidences
-    assert sequential_split(mm.small_resnet((3, 8, 8), 10), "block1") is None
-    hooked = mm.mlp(4, hidden=(6,))
+    assert sequential_split(mm.models.small_resnet((3, 8, 8), 10), "block1") is None
+    hooked = mm.models.mlp(4, hidden=(6,))
     hooked.register_forward_hook(lambda m, a, o: None)
     assert sequential_split(hooked, "relu1") is None
     lin = nn.Linear(3, 3)
@@ -169,7 +169,7 @@ def test_fresh_confidence_after_the_cut_sees_eval_mode_dropout():
 
 
 def test_num_classes_must_match_the_logits():
-    mixer = mm.ManifoldMixup(mm.mlp(3, hidden=(4,)), "relu1", num_classes=4, generator=0)
+    mixer = mm.ManifoldMixup(mm.models.mlp(3, hidden=(4,)), "relu1", num_classes=4, generator=0)
     with pytest.raises(ValueError, match="3 logits per row but num_classes=4"):
         mixer(torch.randn(5, 2), torch.tensor([0, 1, 2, 3, 0]))
 
@@ -318,7 +318,7 @@ def test_replaying_the_last_plan_gives_the_same_numbers():
 def test_global_module_hooks_refuse_the_cut():
     from torch.nn.modules.module import register_module_forward_hook
 
-    mixer = mm.ManifoldMixup(mm.mlp(3, hidden=(4,)), "relu1", alpha=mm.ConfMix(warmup_epochs=0), generator=0)
+    mixer = mm.ManifoldMixup(mm.models.mlp(3, hidden=(4,)), "relu1", alpha=mm.ConfMix(warmup_epochs=0), generator=0)
     assert mixer._split("relu1") is not None
     handle = register_module_forward_hook(lambda m, i, o: None)
     try:
@@ -531,7 +531,7 @@ def test_cached_alpha_is_the_torch_alpha_bit_for_bit(k):
 
 
 def test_cached_confmix_refuses_a_bad_index_before_drawing_anything():
-    model = mm.mlp(3, hidden=(8,), generator=torch.Generator().manual_seed(0))
+    model = mm.models.mlp(3, hidden=(8,), generator=torch.Generator().manual_seed(0))
     mixer = mm.ManifoldMixup(model, "relu1", alpha=mm.ConfMix(warmup_epochs=0, confidence="cached"), num_classes=3, generator=5)
     twin = mm.ManifoldMixup(model, "relu1", alpha=mm.ConfMix(warmup_epochs=0, confidence="cached"), num_classes=3, generator=5)
     x, y = torch.randn(8, 2), torch.randint(0, 3, (8,))
@@ -547,7 +547,7 @@ def test_cached_confmix_refuses_a_bad_index_before_drawing_anything():
 def test_dense_form_steps_aside_on_a_device_type_autocast_does_not_know():
     from manifold_mixup.mixing import _dense_allowed
     assert _dense_allowed("meta") is False
-    model = mm.mlp(3, hidden=(8,), generator=torch.Generator().manual_seed(0)).to("meta")
+    model = mm.models.mlp(3, hidden=(8,), generator=torch.Generator().manual_seed(0)).to("meta")
     mixer = mm.ManifoldMixup(model, "relu1", num_classes=3, generator=0)
     logits, targets = mixer(torch.randn(100, 2, device="meta"), torch.randint(0, 3, (100,)))  # (labels checked on the CPU)
     assert logits.shape == targets.shape == (100, 3)
@@ -557,7 +557,7 @@ def test_cached_confmix_under_a_float64_default_dtype():
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        model = mm.mlp(3, hidden=(8,), generator=torch.Generator().manual_seed(0))
+        model = mm.models.mlp(3, hidden=(8,), generator=torch.Generator().manual_seed(0))
         pol = mm.ConfMix(warmup_epochs=0, confidence="cached")
         mixer = mm.ManifoldMixup(model, "relu1", alpha=pol, num_classes=3, generator=0)
         x, y, idx = torch.randn(6, 2), torch.randint(0, 3, (6,)), torch.arange(6)
@@ -570,7 +570,7 @@ def test_cached_confmix_under_a_float64_default_dtype():
 
 
 def test_cached_confmix_without_num_classes_is_refused_at_once():
-    model = mm.mlp(3, hidden=(8,), generator=torch.Generator().manual_seed(0))
+    model = mm.models.mlp(3, hidden=(8,), generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="needs num_classes=K"):
         mm.ManifoldMixup(model, "relu1", alpha=mm.ConfMix(warmup_epochs=5, confidence="cached"))
     mm.ManifoldMixup(model, "relu1", alpha=mm.ConfMix(warmup_epochs=5))  # fresh confidences need no K

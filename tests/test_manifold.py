@@ -114,7 +114,7 @@ def test_layer_drawn_by_weights_and_reproducible():
 
 def test_batchnorm_dropout_and_small_resnet():
     torch.manual_seed(0)
-    model = mm.small_resnet((3, 8, 8), 10)
+    model = mm.models.small_resnet((3, 8, 8), 10)
     x = torch.randn(8, 3, 8, 8)
     y = torch.randint(0, 10, (8,))
     mixer = mm.ManifoldMixup(model, ["block1", "block2", "pool"], alpha=1.0, generator=torch.Generator().manual_seed(0))

@@ -11,7 +11,7 @@ def test_reference_trainer_learns_and_is_reproducible():
     x, y = spiral(200, 0, noise=0.0, turns=0.5)
     runs = []
     for _ in range(2):
-        model = mm.mlp(2, (32, 32), generator=torch.Generator().manual_seed(0))
+        model = mm.models.mlp(2, (32, 32), generator=torch.Generator().manual_seed(0))
         before = accuracy(model, x, y)
         res = train_classifier(model, x, y, layers=["relu1"], alpha=0.5, epochs=30, batch_size=20, lr=3e-3,
                                generator=torch.Generator().manual_seed(1), x_test=x, y_test=y)
@@ -26,7 +26,7 @@ def test_reference_trainer_learns_and_is_reproducible():
 def test_confmix_cached_and_ramps_in_the_loop():
     x, y = spiral(120, 1)
     for policy in (mm.ConfMix(warmup_epochs=2, confidence="cached"), mm.HalfConfMix(warmup_epochs=2), mm.RampUp(5)):
-        model = mm.mlp(2, (16, 16), generator=torch.Generator().manual_seed(0))
+        model = mm.models.mlp(2, (16, 16), generator=torch.Generator().manual_seed(0))
         res = train_classifier(model, x, y, layers="relu2", alpha=policy, epochs=4, batch_size=30,
                                generator=torch.Generator().manual_seed(0))
         hist = res.policy
@@ -41,9 +41,9 @@ def test_confmix_cached_and_ramps_in_the_loop():
 def test_trainer_and_device_errors():
     x, y = spiral(20, 0)
     with pytest.raises(ValueError, match="y has 19 rows but x has 20"):
-        train_classifier(mm.mlp(2, (4,)), x, y[:19])
+        train_classifier(mm.models.mlp(2, (4,)), x, y[:19])
     with pytest.raises(ValueError, match="optimizer must be 'adam' or 'sgd'; got 'lbfgs'"):
-        train_classifier(mm.mlp(2, (4,)), x, y, optimizer="lbfgs")
+        train_classifier(mm.models.mlp(2, (4,)), x, y, optimizer="lbfgs")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="sees no CUDA device"):
             resolve_device("cuda")
@@ -56,7 +56,7 @@ def test_mixing_and_erm_runs_share_the_data_order():
     x, y = spiral(120, 2)
     weights = []
     for layers in (None, "relu1"):
-        model = mm.mlp(2, (16, 16), generator=torch.Generator().manual_seed(0))
+        model = mm.models.mlp(2, (16, 16), generator=torch.Generator().manual_seed(0))
         train_classifier(model, x, y, layers=layers, alpha=0.0, epochs=3, batch_size=20,
                          generator=torch.Generator().manual_seed(5))
         weights.append([p.detach().clone() for p in model.parameters()])

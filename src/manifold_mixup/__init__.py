@@ -4,68 +4,62 @@
     mixer = mm.ManifoldMixup(model, ["layer3"], alpha=2.0, generator=torch.Generator().manual_seed(0))
     logits, targets = mixer(x, y)
     loss = mm.soft_cross_entropy(logits, targets)
+
+The names below are what a user of the mixer needs. The paper's kit lives in submodules:
+``mm.models`` (the paper's MLP and CNN), ``mm.toy`` (toy problems, Bayes risk, MMLB),
+``mm.ensemble`` (the vectorised trainer), ``mm.data`` (digits, CIFAR-10) and ``mm.studies``.
+
+Imports are lazy (PEP 562): ``import manifold_mixup`` does not import torch until a name is used,
+so the command line starts, and stops on Ctrl-C, cleanly.
 """
 
-from .manifold import LastPlan, ManifoldMixup
-from .mixing import (
-    MixPlan,
-    draw_plan,
-    identity_plan,
-    mix,
-    mix_targets,
-    mixed_cross_entropy,
-    sample_lambda,
-    soft_cross_entropy,
-    soft_targets,
-)
-from .data import ImageDataset, load_cifar10, load_dataset, load_digits
-from .ensemble import EnsembleConfig, EnsembleParams, MemberSpec, epoch_plan, predict_ensemble, to_sequential, train_ensemble
-from .models import PAPER_CNN_MIX_LAYER, mlp, mlp_layer, paper_cnn, small_resnet
-from .policies import AlphaPolicy, ConfMix, Constant, HalfConfMix, RampDown, RampUp, as_policy, confmix_alpha
-from .toy import GaussianMixtureProblem, spiral
-from .train import TrainResult, accuracy, train_classifier
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ManifoldMixup",
-    "LastPlan",
-    "MixPlan",
-    "draw_plan",
-    "identity_plan",
-    "mix",
-    "mix_targets",
-    "mixed_cross_entropy",
-    "sample_lambda",
-    "soft_cross_entropy",
-    "soft_targets",
-    "AlphaPolicy",
-    "Constant",
-    "RampUp",
-    "RampDown",
-    "ConfMix",
-    "HalfConfMix",
-    "as_policy",
-    "confmix_alpha",
-    "mlp",
-    "mlp_layer",
-    "paper_cnn",
-    "small_resnet",
-    "PAPER_CNN_MIX_LAYER",
-    "GaussianMixtureProblem",
-    "spiral",
-    "train_classifier",
-    "TrainResult",
-    "accuracy",
-    "MemberSpec",
-    "EnsembleConfig",
-    "EnsembleParams",
-    "epoch_plan",
-    "train_ensemble",
-    "predict_ensemble",
-    "to_sequential",
-    "ImageDataset",
-    "load_dataset",
-    "load_digits",
-    "load_cifar10",
-]
+# public name -> submodule that defines it
+_NAMES = {
+    "ManifoldMixup": "manifold",
+    "LastPlan": "manifold",
+    "eval_mode": "manifold",
+    "MixPlan": "mixing",
+    "draw_plan": "mixing",
+    "sample_lambda": "mixing",
+    "mix": "mixing",
+    "mix_targets": "mixing",
+    "soft_targets": "mixing",
+    "soft_cross_entropy": "mixing",
+    "mixed_cross_entropy": "mixing",
+    "AlphaPolicy": "policies",
+    "Constant": "policies",
+    "RampUp": "policies",
+    "RampDown": "policies",
+    "ConfMix": "policies",
+    "HalfConfMix": "policies",
+    "confmix_alpha": "policies",
+    "train_classifier": "train",
+    "TrainResult": "train",
+    "accuracy": "train",
+}
+_SUBMODULES = ("models", "toy", "ensemble", "data", "studies", "mixing", "manifold", "policies", "train", "plots",
+               "stats", "shards", "cli", "devices")
+
+__all__ = list(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'manifold_mixup' has no attribute {name!r}")
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_NAMES) | set(_SUBMODULES))

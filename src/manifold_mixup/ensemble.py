@@ -4,7 +4,7 @@
              MemberSpec(seed=7, mix_layer=2, alpha=0.5)]      # manifold mixup after relu2
     params = train_ensemble(x, y, num_classes=[3, 3], specs=specs, config=EnsembleConfig())
     labels = predict_ensemble(params, grid)                   # [M, G]
-    model = to_sequential(params, 1)                          # == mm.mlp(3) with trained weights
+    model = to_sequential(params, 1)                          # == mm.models.mlp(3) with trained weights
 
 Every member is the paper's MLP ``d-hidden...-K`` (``manifold_mixup.models.mlp``) with its own
 data set, its own initial weights, its own data order, permutations and lambdas, and its own
@@ -12,7 +12,7 @@ optimiser state; members never interact (the loss is summed over members, so eac
 its own gradient). What one member sees is fully determined by its ``MemberSpec``:
 
 - **Initial weights**: ``mlp_init(sizes, torch.Generator().manual_seed(seed))``, i.e. exactly the
-  weights of ``mm.mlp(K, hidden, d, generator=torch.Generator().manual_seed(seed))``.
+  weights of ``mm.models.mlp(K, hidden, d, generator=torch.Generator().manual_seed(seed))``.
 - **Per-epoch randomness**: ``epoch_plan(seed, epoch, n, batch_size, alpha)`` draws the data
   order, the per-batch permutations and the per-sample lambdas from numpy's PCG64 seeded by
   ``SeedSequence(entropy=seed, spawn_key=(PLAN_STREAM, epoch))`` -- a stream independent of the
