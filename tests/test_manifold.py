@@ -209,10 +209,10 @@ def test_bad_input_is_refused_with_clear_messages():
         mixer(x, torch.tensor([0, 1, 2, 7, 0, 1]))
     with pytest.raises(ValueError, match="at least 2 rows"):
         mixer(x[:1], y[:1])
-    with pytest.raises(ValueError, match="batch size 5 but the input has 6"):
+    with pytest.raises(ValueError, match=r"targets have shape \(5,\) but the input has a batch of 6"):
         mixer(x, y[:5])
     with pytest.raises(ValueError, match="per_sample=True"):
-        mm.ManifoldMixup(model, ["block"], alpha=mm.ConfMix(), per_sample=False)
+        mm.ManifoldMixup(model, ["block"], alpha=mm.ConfMix(warmup_epochs=0), per_sample=False, generator=0)(x, y)
     with pytest.raises(ValueError, match="layer_weights"):
         mm.ManifoldMixup(model, ["block", "stem"], layer_weights=[1.0])
 
@@ -295,7 +295,7 @@ class HalfOnly(mm.AlphaPolicy):
         super().__init__()
         self.values = values
 
-    def alpha(self, batch_size, confidence=None):
+    def alpha(self, epoch, batch_size, **given):
         return self.values
 
 
@@ -307,7 +307,7 @@ def test_custom_policy_values_are_checked():
     mixer(x, y)
     lam = mixer.last_plan.lam
     assert torch.equal(lam[::2], torch.ones(3)) and (lam[1::2] < 1).all()
-    with pytest.raises(ValueError, match=r"HalfOnly.alpha must be finite and >= 0.*-1"):
+    with pytest.raises(ValueError, match=r"HalfOnly.alpha must be finite, >= 0.*got -1"):
         mm.ManifoldMixup(model, ["block"], alpha=HalfOnly(-1.0), generator=0)(x, y)
     with pytest.raises(ValueError, match="select cannot name 'input'"):
         mm.ManifoldMixup(model, ["input"], select={"input": 0})

@@ -12,7 +12,7 @@ def test_ramp_values_at_zero_h_and_2h():
     up, down = mm.RampUp(half_life=10), mm.RampDown(half_life=10)
     for t, u, d in [(0, 0.0, 1.0), (10, 0.5, 0.5), (20, 0.75, 0.25)]:
         up.set_epoch(t); down.set_epoch(t)
-        assert up.alpha(4) == pytest.approx(u) and down.alpha(4) == pytest.approx(d)
+        assert up.alpha(t, 4) == pytest.approx(u) and down.alpha_at(t) == pytest.approx(d)
     assert mm.RampUp().half_life == 25
 
 

@@ -4,10 +4,11 @@
     logits, targets = mixer(x, y)                    # training: mixes at one drawn layer
     loss = mm.soft_cross_entropy(logits, targets)
 
-The mixed tensor is the named module's output (``"input"`` mixes the input itself). A forward
-hook is put on the drawn layer for the duration of one mixer call and taken off at its end, so
-outside a mixer call, and whenever the model is in ``eval()`` mode, the model is exactly the
-model without the library. ``mixer.remove()`` (or leaving a ``with`` block) retires the mixer.
+One path: a layer is drawn, the policy gives alpha, a plan (permutation, lambdas) is drawn, and
+a forward hook on that layer, put on for the one call and taken off at its end, replaces the
+layer's output h by ``lam*h + (1-lam)*h[perm]`` (``"input"`` mixes the input itself, no hook).
+Outside a mixer call, and whenever the model is in ``eval()`` mode, the model is exactly the
+model without the library.
 """
 
 from __future__ import annotations
@@ -17,21 +18,20 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.modules import module as _torch_module
 
-import numpy as np
+from .confidence import eval_mode, forward_confidence, suffix_cut
+from .mixing import MixPlan, PlanStream, check_alpha, check_label_range, check_soft_rows, mix
+from .policies import NEEDS, AlphaPolicy, as_policy
 
-from .mixing import MixPlan, PlanSampler, check_alpha, check_label_range, mix, mix_targets, soft_targets, with_matrix
-from .models import eval_mode
-from .policies import AlphaPolicy, ConfMix, Constant, RampDown, RampUp, as_policy
+__all__ = ["ManifoldMixup", "LastPlan", "eval_mode", "unwrap", "INPUT", "MODEL_INPUT"]
 
-__all__ = ["ManifoldMixup", "LastPlan"]
-
-INPUT = "input"
-_MAX_CACHED_CLASSES = 1024  # above this K, one-hot rows are written per call instead of read from an identity
-_CHECKED_POLICIES = (Constant, RampUp, RampDown)  # their alpha is valid by construction
+INPUT = "input"  # the model's input (unless the model has a submodule of that name)
+MODEL_INPUT = "<input>"  # the model's input, always
+TASKS = ("classification", "multilabel", "regression")
+_RESERVED = ("index", "plan", "layer")
 
 # How to find the tensor to mix in a module output that is a tuple, list or dict:
 # an index or key, or a function ``(output, mix_fn) -> new_output``.
@@ -46,6 +46,19 @@ class LastPlan(NamedTuple):
     layer: str
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside ``torch.compile`` (``OptimizedModule``), ``DistributedDataParallel``
+    and ``DataParallel`` wrappers: the module whose ``named_modules()`` names the layers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)  # torch.compile
+        if isinstance(inner, nn.Module):
+            model = inner
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
 def _apply_selector(output: Any, selector: Selector | None, fn: Callable[[Tensor], Tensor], name: str) -> Any:
     if isinstance(output, Tensor) and selector is None:
         return fn(output)
@@ -58,11 +71,13 @@ def _apply_selector(output: Any, selector: Selector | None, fn: Callable[[Tensor
         return selector(output, fn)
     if isinstance(output, Mapping):
         if selector not in output:
-            raise KeyError(f"select[{name!r}] = {selector!r} is not a key of the output; keys: {list(output)}")
+            raise ValueError(f"select[{name!r}] = {selector!r} is not a key of the layer's output; keys: {list(output)}")
         new = copy.copy(output)  # keeps the mapping's own type (OrderedDict, ModelOutput, ...)
         new[selector] = fn(output[selector])
         return new
     if isinstance(output, (tuple, list)) and isinstance(selector, int):
+        if not -len(output) <= selector < len(output):
+            raise ValueError(f"select[{name!r}] = {selector} is out of range: the layer's output has {len(output)} parts")
         parts = list(output)
         parts[selector] = fn(parts[selector])
         if isinstance(output, list) or type(output) is tuple:
@@ -70,134 +85,62 @@ def _apply_selector(output: Any, selector: Selector | None, fn: Callable[[Tensor
         if hasattr(output, "_fields"):  # namedtuple
             return type(output)(*parts)
         return type(output)(parts)  # torch.return_types and other structseqs
-    raise TypeError(f"select[{name!r}] = {selector!r} does not fit an output of type {type(output).__name__}")
+    raise ValueError(f"select[{name!r}] = {selector!r} does not fit an output of type {type(output).__name__}")
 
 
-# Modules whose forward does not depend on train/eval mode (exact types, subclasses excluded).
-_MODE_FREE = frozenset({
-    nn.Sequential, nn.Identity, nn.Flatten, nn.Unflatten, nn.Linear, nn.Bilinear,
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-    nn.LayerNorm, nn.GroupNorm, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
-})
+class _MixHook:
+    """The forward hook of one layer: mixes its output at the first run in a mixer call.
 
+    ``plan`` is the call's plan, or None and ``make_plan(h)`` draws it from the clean output h
+    (fresh confidences through ``confidence.suffix_cut``). A picklable object, not a closure."""
 
-def _has_hooks(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None))
-
-
-def _global_hooks() -> bool:
-    """Hooks registered for every module (``nn.modules.module.register_module_forward_hook``...)."""
-    m = _torch_module
-    return bool(m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
-                or m._global_backward_pre_hooks)
-
-
-def _layout(containers: list[nn.Module]) -> tuple[tuple[nn.Module, ...], ...]:
-    """The children of each container, to notice a layer replaced after the cut was made."""
-    return tuple(tuple(c._modules.values()) for c in containers)
-
-
-class _Split(NamedTuple):
-    """A model cut at a layer: the modules up to and including it, and those after it."""
-
-    prefix: list[nn.Module]
-    suffix: list[nn.Module]
-    containers: list[nn.Module]  # the nn.Sequential containers on the path to the layer
-    prefix_modules: list[nn.Module]  # every module in the prefix, nested ones included
-    suffix_inplace: bool  # a module after the cut may write into its input
-    layout: tuple[tuple[nn.Module, ...], ...]  # ``_layout(containers)`` when the cut was made
-    mode_free: bool  # made for fresh ConfMix (see ``sequential_split``)
-    root: nn.Module  # the model that was cut
-
-    def hooked(self) -> bool:
-        """Something that running the layers one by one would skip or change (checked per call:
-        hooks and patches may come and go): hooks, an instance-level ``forward`` or a compiled call
-        on a container on the path; backward hooks on the cut layer (they would see the gradient
-        of its unmixed output); for a ``mode_free`` cut, hooks on any module up to the cut (they
-        would run once, and could depend on the mode). Other hooks of the layers run as usual."""
-        for m in self.containers:
-            if _has_hooks(m) or "forward" in m.__dict__ or getattr(m, "_compiled_call_impl", None) is not None:
-                return True
-        layer = self.prefix[-1]
-        if layer._backward_hooks or getattr(layer, "_backward_pre_hooks", None):
-            return True
-        return self.mode_free and any(_has_hooks(m) for m in self.prefix_modules)
-
-    def stale(self) -> bool:
-        """A layer on the path was replaced, added or removed since the cut was made (for a
-        ``mode_free`` cut, also a module anywhere inside the layers up to the cut)."""
-        if _layout(self.containers) != self.layout:
-            return True
-        return self.mode_free and [m for top in self.prefix for m in top.modules()] != self.prefix_modules
-
-
-def sequential_split(model: nn.Module, name: str, mode_free: bool = True, check_hooks: bool = True) -> _Split | None:
-    """Cut ``model`` at the layer ``name`` if that changes nothing: every container on the path
-    is a plain ``nn.Sequential`` (its own forward), the layer appears nowhere else in the model's
-    chain, and no module appears twice at the top of the chain. ``mode_free`` (for fresh ConfMix,
-    whose confidences run the layers after the cut in eval mode) also requires every module up to
-    the layer to behave the same in train and eval mode. ``check_hooks``: also None while
-    ``_Split.hooked()`` holds (callers that cache the cut check that per call instead)."""
-    before: list[nn.Module] = []
-    after: list[nn.Module] = []
-    containers: list[nn.Module] = []
-    node = model
-    for part in name.split("."):
-        if not isinstance(node, nn.Sequential) or type(node).forward is not nn.Sequential.forward:
-            return None
-        containers.append(node)
-        names = list(node._modules)
-        if part not in names:
-            return None
-        i = names.index(part)
-        kids = list(node._modules.values())
-        before += kids[:i]
-        after = kids[i + 1 :] + after
-        node = kids[i]
-    prefix = before + [node]
-    chain = prefix + after
-    if any(m is None for m in chain) or len({id(m) for m in chain}) != len(chain):
-        return None
-    if any(m is node for top in chain if top is not node for m in top.modules()):
-        return None  # the layer also runs inside another one: a hook would mix at its first call
-    prefix_modules = [m for top in prefix for m in top.modules()]
-    if mode_free and not all(type(m) in _MODE_FREE for m in prefix_modules):
-        return None
-    inplace = any(getattr(m, "inplace", False) for top in after for m in top.modules())
-    split = _Split(prefix, after, containers, prefix_modules, inplace, _layout(containers), mode_free, model)
-    return None if check_hooks and split.hooked() else split
-
-
-class _CallState:
-    """Per-call state of a mixer, kept off ``nn.Module.__setattr__`` (slow, and called per step)."""
-
-    __slots__ = ("plan", "fired", "last_plan", "looked_up")
-
-    def __init__(self) -> None:
-        self.plan: MixPlan | None = None  # the plan of the call in progress
+    def __init__(self, name: str, selector: Selector | None) -> None:
+        self.name, self.selector = name, selector
+        self.plan: MixPlan | None = None
+        self.make_plan: Callable[[Tensor], MixPlan] | None = None
         self.fired = False
-        self.last_plan: LastPlan | None = None
-        self.looked_up = False  # ConfMix's cache was read (and grown) for this call's indices
+        self.warned = False
+
+    def _mix(self, h: Tensor) -> Tensor:
+        if self.plan is None:
+            self.plan = self.make_plan(h)
+        return mix(h, self.plan)
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if self.fired:
+            if not self.warned:
+                self.warned = True
+                warnings.warn(f"layer {self.name!r} runs more than once in one forward; it is mixed at its first call only",
+                              stacklevel=2)
+            return None
+        self.fired = True
+        return _apply_selector(output, self.selector, self._mix, self.name)
 
 
-class ManifoldMixup(nn.Module):
+class ManifoldMixup:
     """Train ``model`` on mixed hidden states, mixing at one of ``layers`` per call.
 
-    model: any nn.Module mapping a batch-first input [B, ...] to logits [B, K].
-    layers: a name or names from ``model.named_modules()``, or ``"input"`` for input mixup.
+    model: any nn.Module (also ``torch.compile``-d, ``model.compile()``-d or wrapped in
+      ``DistributedDataParallel``: the mixer calls it as given and names layers as in the module
+      inside the wrapper).
+    layers: a name or names from ``model.named_modules()``, or ``"input"`` for input mixup (spelled
+      ``"<input>"`` when the model has a submodule named ``input``).
     alpha: a number >= 0 (lambda ~ Beta(alpha, alpha); 0 = no mixing) or an ``AlphaPolicy``.
     per_sample: one lambda per row (True) or one per batch (False).
-    generator: a CPU ``torch.Generator`` (or an int seed); one draw from it seeds the stream from
-      which every layer, permutation and lambda is drawn, so the same seed replays the same run.
+    generator: a CPU ``torch.Generator`` or an int seed; one draw seeds the ``PlanStream`` from which
+      every layer, permutation and lambda is drawn (under DDP, one stream per rank).
     layer_weights: probabilities of drawing each layer (default uniform).
     select: for layers whose output is a tuple/list/dict, ``{name: index | key | fn}``.
-    num_classes: K, to check labels before the forward; otherwise taken from the logits.
-    label_smoothing: eps in [0, 1) applied to the targets before mixing.
+    num_classes: K, to check class labels before the forward; otherwise taken from the logits.
+    label_smoothing: eps in [0, 1) applied to classification targets before mixing.
+    task: ``"classification"`` (class indices [B] or soft rows [B, K] summing to 1),
+      ``"multilabel"`` (rows [B, K] in [0, 1]) or ``"regression"`` (float targets [B, ...]); all
+      mixed as ``lam*y + (1-lam)*y[perm]``.
+    logits: a function from the model's output to the prediction tensor; by default a tensor is
+      taken as it is and an object with ``.logits`` (Hugging Face) gives that.
+    input_key: for mapping batches (``model(**batch)``), the key of the tensor that ``"input"`` mixes.
+    reuse_prefix: let adaptive policies that need fresh confidences take them from the clean
+      hidden state where that gives the same numbers (``confidence.suffix_cut``).
     """
 
     def __init__(
@@ -211,94 +154,81 @@ class ManifoldMixup(nn.Module):
         select: Mapping[str, Selector] | None = None,
         num_classes: int | None = None,
         label_smoothing: float = 0.0,
+        *,
+        task: str = "classification",
+        logits: Callable[[Any], Tensor] | None = None,
+        input_key: str | None = None,
+        reuse_prefix: bool = True,
     ) -> None:
-        super().__init__()
-        self.model = model
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
+        base = unwrap(model)
+        if any(p.is_meta for p in base.parameters()):
+            raise ValueError("the model has parameters on the meta device; materialise it first "
+                             "(model.to_empty(device=...) and load its weights)")
+        modules = dict(base.named_modules())
+        outer = {id(m): n for n, m in model.named_modules()} if base is not model else {}
         self.layers = [layers] if isinstance(layers, str) else list(layers)
-        modules = dict(model.named_modules())
-        valid = [INPUT] + [n for n in modules if n]
+        valid = [INPUT if INPUT not in modules else MODEL_INPUT] + [n for n in modules if n]
         if not self.layers:
             raise ValueError(f"layers must name at least one layer; valid names: {valid}")
+        wrapped = {n: nm for nm, m in modules.items() if (n := outer.get(id(m)))}  # e.g. '_orig_mod.fc1' -> 'fc1'
+        self.layers = [wrapped.get(n, n) if n not in modules else n for n in self.layers]
         for name in self.layers:
-            if name not in valid:
+            if not isinstance(name, str) or (name not in modules and name not in (INPUT, MODEL_INPUT)) or name == "":
                 raise ValueError(f"unknown layer {name!r}; valid names: {valid}")
+        if INPUT in modules and INPUT in self.layers:
+            warnings.warn("the model has a submodule named 'input': the layer 'input' is that submodule; "
+                          "write '<input>' to mix the model's input", stacklevel=2)
         if len(set(self.layers)) != len(self.layers):
             raise ValueError(f"layers must be distinct; got {self.layers}")
         if layer_weights is None:
-            weights = torch.ones(len(self.layers))
+            weights = np.ones(len(self.layers))
         else:
-            weights = torch.as_tensor(list(layer_weights), dtype=torch.float64)
-            if weights.shape != (len(self.layers),) or not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
-                raise ValueError(
-                    f"layer_weights must be {len(self.layers)} finite non-negative numbers with a positive sum; got {list(layer_weights)}"
-                )
-        self._weights = (weights.double() / weights.sum()).numpy()
-        self._cum_weights = np.cumsum(self._weights).tolist()
+            weights = np.asarray(list(layer_weights), dtype=np.float64)
+            if weights.shape != (len(self.layers),) or not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+                raise ValueError(f"layer_weights must be {len(self.layers)} finite non-negative numbers with a positive "
+                                 f"sum; got {list(layer_weights)}")
+        self._cum_weights = np.cumsum(weights / weights.sum()).tolist()
         self.policy = as_policy(alpha)
-        if isinstance(self.policy, ConfMix) and not per_sample:
-            raise ValueError("ConfMix sets alpha per sample: it needs per_sample=True")
+        if not isinstance(per_sample, bool):
+            raise TypeError(f"per_sample must be True or False; got {per_sample!r}")
         if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):
             raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}")
-        if isinstance(self.policy, ConfMix) and self.policy.confidence == "cached" and num_classes is None:
-            # (otherwise the first call after the warm-up would fail, epochs into training)
-            raise ValueError("ConfMix(confidence='cached') needs num_classes=K on the mixer (unseen samples get confidence 1/K)")
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}; got {task!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}")
-        self.per_sample = per_sample
-        self.generator = generator
-        self._sampler: PlanSampler | None = None  # seeded at the first training call
-        self._layers_ahead: list[str] = []  # layers of the next calls, drawn a block at a time
+        if label_smoothing and task != "classification":
+            raise ValueError(f"label_smoothing applies to classification targets only; task={task!r}")
+        if logits is not None and not callable(logits):
+            raise TypeError(f"logits must be a function from the model's output to the logits; got {type(logits).__name__}")
         self.select = dict(select or {})
-        for name in self.select:
-            if name == INPUT:
-                raise ValueError("select cannot name 'input': the input is mixed as a whole tensor")
+        for name, sel in self.select.items():
+            if name in (INPUT, MODEL_INPUT) and name not in modules:
+                raise ValueError(f"select cannot name {name!r}: the input is mixed as a whole tensor")
             if name not in self.layers:
-                raise ValueError(f"select names {name!r}, which is not among layers {self.layers}")
+                raise ValueError(f"select names {name!r}, which is not one of the mixed layers {self.layers}")
+            if not (callable(sel) or isinstance(sel, (int, str))) or isinstance(sel, bool):
+                raise TypeError(f"select[{name!r}] must be an index, a key or a function; got {type(sel).__name__}")
+        self.model = model
+        self.per_sample = per_sample
         self.num_classes = num_classes
-        self.label_smoothing = label_smoothing
-        self._state = _CallState()
-        self._eyes: dict[tuple, Tensor] = {}  # (smoothed) identities by (K, eps) on the CPU, (K, eps, device) elsewhere
-        self._splits: dict[tuple[str, bool], _Split | None] = {}
-        # fresh ConfMix: run the layers before the mixing point once where the model allows it
-        # (``sequential_split``); False always runs a separate eval-mode forward for confidences
-        self.reuse_prefix = True
-        # a plain nn.Sequential (nested ones too) without hooks on the path: run its layers one
-        # by one and mix between them, instead of through a forward hook (same numbers, less
-        # overhead per call); False always mixes through a hook
-        self.direct_sequential = True
-        self._warned_reuse: set[str] = set()
-        # hooks live only inside a mixer call, on the one layer drawn for it
-        self._modules_by_name = {name: modules[name] for name in self.layers if name != INPUT}
-        self._hooks = {name: self._make_hook(name) for name in self._modules_by_name}
+        self.label_smoothing = float(label_smoothing)
+        self.task = task
+        self.logits_fn = logits
+        self.input_key = input_key
+        self.reuse_prefix = bool(reuse_prefix)
+        self._input_names = (MODEL_INPUT,) if INPUT in modules else (INPUT, MODEL_INPUT)
+        rank = _ddp_rank(model)
+        self._stream = PlanStream(generator, () if rank is None else (rank,))
+        self._hooks = {n: _MixHook(n, self.select.get(n)) for n in self.layers if n not in self._input_names}
+        self.last_plan: LastPlan | None = None
         self._removed = False
 
-    # -- hooks --------------------------------------------------------------------------
-    def _make_hook(self, name: str):
-        def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            # registered on the drawn layer only, and only while a mixer call runs
-            state = self._state
-            if state.fired:
-                if name not in self._warned_reuse:
-                    self._warned_reuse.add(name)
-                    warnings.warn(
-                        f"layer {name!r} runs more than once in one forward; it is mixed at its first call only",
-                        stacklevel=2,
-                    )
-                return None
-            state.fired = True
-            plan = state.plan
-            return _apply_selector(output, self.select.get(name), lambda h: mix(h, plan), name)
-
-        return hook
-
-    @property
-    def last_plan(self) -> LastPlan | None:
-        """``(perm, lam, layer)`` of the last training call (None after an eval-mode call)."""
-        return self._state.last_plan
-
+    # -- life cycle -----------------------------------------------------------------------
     def remove(self) -> None:
-        """Detach the mixer for good: later mixer calls are refused. (Hooks exist only during a
-        mixer call, so the model is already as it was before the mixer was made.)"""
+        """Retire the mixer: later calls are refused. (Hooks exist only during a mixer call.)"""
         self._removed = True
 
     def __enter__(self) -> "ManifoldMixup":
@@ -307,231 +237,229 @@ class ManifoldMixup(nn.Module):
     def __exit__(self, *exc: Any) -> None:
         self.remove()
 
-    # -- training clock -----------------------------------------------------------------
     def set_epoch(self, epoch: float) -> None:
         """Forward the training clock (epochs, fractional allowed) to the alpha policy."""
         self.policy.set_epoch(epoch)
 
-    # -- the mixed forward --------------------------------------------------------------
-    def _fresh_confidence(self, x: Tensor) -> tuple[Tensor, int]:
-        """Fresh ConfMix's confidences: max softmax of an eval-mode, no-grad forward; and K."""
-        with eval_mode(self.model), torch.no_grad():
-            logits = self.model(x)
-        probs = torch.softmax(logits.float(), -1)
-        return probs.max(-1).values, logits.shape[-1]
+    def state_dict(self) -> dict[str, Any]:
+        """The mixer's own state (not the model's): the policy's state and the random stream's."""
+        return {"policy": self.policy.state_dict(), "stream": copy.deepcopy(self._stream.state)}
 
-    @staticmethod
-    def _check_cached(index: Tensor | None, k: int | None) -> Tensor:
-        """The sample indices that cached ConfMix needs, or a clear error."""
-        if index is None:
-            raise ValueError("ConfMix(confidence='cached') needs the batch's sample indices: mixer(x, y, index=idx)")
-        if index.ndim != 1 or index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
-            raise ValueError(f"index must be an integer tensor [B] of sample indices; got {index.dtype} of shape {tuple(index.shape)}")
-        if k is None:
-            raise ValueError("ConfMix(confidence='cached') needs num_classes=K on the mixer")
-        return index
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if set(state) != {"policy", "stream"}:
+            raise ValueError(f"a mixer state has the keys 'policy' and 'stream'; got {sorted(state)}")
+        self.policy.load_state_dict(state["policy"])
+        self._stream.state = copy.deepcopy(state["stream"])
 
-    def forward(
-        self,
-        x: Tensor,
-        y: Tensor,
-        index: Tensor | None = None,
-        *,
-        plan: MixPlan | None = None,
-        layer: str | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Mixed forward: returns ``(logits [B, K], soft targets [B, K])`` (rows sum to 1).
+    def __repr__(self) -> str:
+        return (f"ManifoldMixup(layers={self.layers}, policy={self.policy!r}, per_sample={self.per_sample}, "
+                f"task={self.task!r})")
 
-        x: input batch [B, ...]; y: LongTensor [B] of class indices (or float [B, K] soft rows);
-        index: LongTensor [B] of sample indices, needed only by ConfMix with cached confidence.
-        plan, layer: replay a given plan at a given layer instead of drawing them (the policy
-        is then not consulted), e.g. to reproduce another trainer's run exactly.
-        In eval mode nothing is mixed and the targets are the (smoothed) one-hot rows.
+    # -- the mixed forward ----------------------------------------------------------------
+    def __call__(self, x: Any, y: Tensor, *args: Any, index: Tensor | None = None, plan: MixPlan | None = None,
+                 layer: str | None = None, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        """Mixed forward: ``(logits, targets)``.
+
+        x: the input batch [B, ...], or a mapping of model keyword arguments (``model(**x)``).
+        y: targets (see ``task``); args, kwargs: passed to the model unchanged.
+        index: LongTensor [B] of sample indices, for policies that need them (cached ConfMix).
+        plan, layer: replay a given plan at a given layer (the policy is not consulted).
+        Classification returns soft target rows [B, K]; the other tasks the mixed targets.
+        In eval mode nothing is mixed and the targets are the (smoothed) unmixed ones.
         """
         if self._removed:
             raise RuntimeError("this mixer was removed (mixer.remove() or the end of its with-block); make a new one")
-        self._state.looked_up = False  # (a call that failed half-way must not leave it set)
-        b = x.shape[0]
-        if y.shape[0] != b:
-            raise ValueError(f"targets have batch size {y.shape[0]} but the input has {b}")
-        if index is not None and index.shape[0] != b:
-            raise ValueError(f"index has batch size {index.shape[0]} but the input has {b}")
-        k = self.num_classes
-        rows = None  # the (smoothed) one-hot rows of class-index targets
-        if k is not None and not y.dtype.is_floating_point:
-            rows = self._label_rows(y, k)  # checks the labels, before any work
-        if not self.model.training:
-            logits = self.model(x)
-            self._state.last_plan = None
-            return logits, self._targets(y, rows, logits, None)
+        b = self._batch_size(x)
+        if not isinstance(y, Tensor):
+            raise TypeError(f"targets y must be a tensor; got {type(y).__name__}")
+        if y.ndim == 0 or y.shape[0] != b:
+            raise ValueError(f"targets have shape {tuple(y.shape)} but the input has a batch of {b}")
+        self._check_targets(y)
+        if index is not None and (not isinstance(index, Tensor) or index.ndim != 1 or index.shape[0] != b
+                                  or index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool):
+            raise ValueError(f"index must be an integer tensor [{b}] of sample indices; got "
+                             f"{getattr(index, 'dtype', type(index).__name__)} of shape {tuple(getattr(index, 'shape', ()))}")
+        if not unwrap(self.model).training:
+            self.last_plan = None
+            logits = self._logits(self._call(x, args, kwargs))
+            return logits, self._targets(y, logits, None)
         if b < 2:
-            raise ValueError("mixing needs a batch of at least 2 rows; got a batch of 1")
+            raise ValueError(f"mixing needs a batch of at least 2 rows; got {'an empty batch' if b == 0 else 'a batch of 1'}")
         if (plan is None) != (layer is None):
             raise ValueError("plan and layer are given together (to replay a run) or not at all")
-        if layer is not None:
+        make_plan = None
+        if plan is not None:
             if layer not in self.layers:
                 raise ValueError(f"layer {layer!r} is not among this mixer's layers {self.layers}")
+            if not isinstance(plan, MixPlan):
+                raise TypeError(f"plan must be a MixPlan; got {type(plan).__name__}")
             if plan.batch_size != b:
                 raise ValueError(f"the plan is for a batch of {plan.batch_size} but the input has {b} rows")
-            return self._mixed_forward(x, y, rows, index, with_matrix(plan).to(x.device), layer)
-        if self._sampler is None:
-            self._sampler = PlanSampler(self.generator)
-        sampler = self._sampler
-        if len(self.layers) == 1:
-            layer = self.layers[0]
-        else:  # layers are drawn a block ahead: the same draws as one ``choice`` per call
-            ahead = self._layers_ahead
-            if not ahead:
-                ahead = self._layers_ahead = [self.layers[i] for i in sampler.choices_ahead(self._cum_weights)]
-            layer = ahead.pop()
-        pol = self.policy
-        if isinstance(pol, ConfMix):
-            if pol.in_warmup:
-                alpha = 0.0
-            elif pol.confidence == "fresh" and self.reuse_prefix and (split := self._split(layer, True)) is not None:
-                return self._split_forward(x, y, rows, index, layer, split)
-            elif pol.confidence == "cached":
-                alpha = pol.cached_alpha(self._check_cached(index, k), k)
-                self._state.looked_up = True  # the cache now covers these indices
+            plan.validate()
+        else:
+            layer = self.layers[self._stream.choice(self._cum_weights)]
+            needs = self.policy.needs
+            if not needs <= NEEDS:
+                raise ValueError(f"{type(self.policy).__name__}.needs must be a subset of {sorted(NEEDS)}; got {sorted(needs)}")
+            if "index" in needs and index is None:
+                raise ValueError(f"{self.policy!r} needs the batch's sample indices: mixer(x, y, index=idx)")
+            if "confidence" not in needs:
+                plan = self._draw(b, index, None)
             else:
-                conf, k_seen = self._fresh_confidence(x)
-                alpha = pol.confmix_alpha(conf, k_seen, check=False).double().numpy()
-            plan = self._confmix_plan(b, alpha)
+                cut = None
+                if self.reuse_prefix and layer not in self._input_names and self.model is unwrap(self.model):
+                    cut = suffix_cut(self.model, layer)
+                if cut is None:
+                    conf = forward_confidence(unwrap(self.model), lambda: self._call(x, args, kwargs, base=True), self._logits)
+                    plan = self._draw(b, index, conf)
+                else:
+                    make_plan = lambda h: self._draw(b, index, cut.confidence(h, self._logits))  # noqa: E731
+        device = self._device(x)
+        if plan is not None and plan.perm.device != device:
+            plan = plan.to(device)
+        if layer in self._input_names:
+            out = self._call(self._mix_input(x, plan), args, kwargs)
         else:
-            alpha = pol.alpha(b)
-            if isinstance(alpha, Tensor):  # per-sample values from a custom policy
-                if alpha.shape != (b,) or not self.per_sample:
-                    raise ValueError(f"{type(pol).__name__}.alpha returned a tensor of shape {tuple(alpha.shape)}; "
-                                     f"expected [{b}] (and per_sample=True)")
-                check_alpha(alpha, f"{type(pol).__name__}.alpha")
-                alpha = alpha.detach().to("cpu", torch.float64).numpy().copy()  # the policy may reuse its tensor
-            elif type(pol) not in _CHECKED_POLICIES:  # built-in policies give valid values
-                check_alpha(alpha, f"{type(pol).__name__}.alpha")
-            plan, lam = sampler.next_plan(b, alpha, self.per_sample, x.device)
-            self._record(alpha, lam)
-        if not (x.is_cpu and plan.perm.is_cpu):  # (plans are drawn on the CPU, or for x's device)
-            plan = plan.to(x.device)
-        return self._mixed_forward(x, y, rows, index, plan, layer)
-
-    def _confmix_plan(self, b: int, alpha: float | np.ndarray) -> MixPlan:
-        """The next plan under ConfMix's per-row alpha (halved for half ConfMix), recorded."""
-        plan, lam = self._sampler.next_plan(b, self.policy.beta_parameter(alpha))
-        self._record(alpha, lam)  # alpha_i itself, before halving
-        return plan
-
-    def _record(self, alpha: float | np.ndarray, lam: np.ndarray) -> None:
-        """Hand a batch's alpha and lambdas to the policy (the arrays are fresh: not copied,
-        unless a policy overrides ``record``)."""
-        pol = self.policy
-        if type(pol).record is AlphaPolicy.record:
-            pol._keep(alpha, lam)
-        else:
-            pol.record(alpha, lam)
-
-    def _split(self, layer: str, mode_free: bool = True) -> _Split | None:
-        """The model cut at ``layer`` (cached per layer; see ``sequential_split``), or None. The
-        cut must end at the module the mixer was made for, the one its hook would go on."""
-        if layer == INPUT or layer in self.select or _global_hooks():
-            return None
-        key = (layer, mode_free)
-        split = self._splits.get(key, key)
-        if split is key or (split is not None and (split.root is not self.model or split.stale())):
-            split = self._splits[key] = sequential_split(self.model, layer, mode_free, check_hooks=False)
-        if split is None or split.prefix[-1] is not self._modules_by_name[layer] or split.hooked():
-            return None
-        return split
-
-    def _split_forward(self, x: Tensor, y: Tensor, rows: Tensor | None, index: Tensor | None, layer: str, split: _Split) -> tuple[Tensor, Tensor]:
-        """Fresh ConfMix through a cut model: the layers up to the mixing point run once, on the
-        clean batch, with gradients; the confidence comes from the layers after it, run without
-        gradients in eval mode on that clean output (the same numbers as an eval-mode forward of
-        the whole model, as the layers before the cut do not depend on the mode); then the
-        mixed output runs through the layers after the cut again, in the model's own mode."""
-        pol = self.policy
-        h = x
-        for m in split.prefix:
-            h = m(h)
-        with eval_mode(*split.suffix), torch.no_grad():
-            c = h.clone() if split.suffix_inplace else h  # an in-place layer must not write into h
-            for m in split.suffix:
-                c = m(c)
-        conf = torch.softmax(c.float(), -1).amax(-1)
-        alpha = pol.confmix_alpha(conf, c.shape[-1], check=False).double().numpy()
-        plan = self._confmix_plan(x.shape[0], alpha).to(x.device)
-        h = mix(h, plan)
-        for m in split.suffix:
-            h = m(h)
-        return self._finish(y, rows, index, h, plan, layer)
-
-    def _label_rows(self, y: Tensor, k: int) -> Tensor:
-        """Float rows [B, k] of the (smoothed) one-hot targets of class indices y [B], read from
-        a cached identity; raises ValueError for labels outside [0, k)."""
-        if y.ndim != 1:
-            raise ValueError(f"class-index targets must have shape [B]; got {tuple(y.shape)}")
-        eps = self.label_smoothing
-        on_cpu = y.is_cpu
-        if not on_cpu:
-            check_label_range(y, k)  # an index out of range would be a device-side assertion
-        try:
-            if k > _MAX_CACHED_CLASSES:  # no K x K identity: one-hot rows written directly
-                rows = torch.zeros(y.shape[0], k, device=y.device).scatter_(1, y.long().unsqueeze(1), 1.0)
-                return rows.mul_(1 - eps).add_(eps / k) if eps else rows
-            key = (k, eps) if on_cpu else (k, eps, y.device)
-            eye = self._eyes.get(key)
-            if eye is None:
-                eye = torch.eye(k, device=y.device)
-                if eps:
-                    eye = eye * (1 - eps) + eps / k
-                self._eyes[key] = eye
-            return torch.index_select(eye, 0, y if y.dtype == torch.long else y.long())
-        except (IndexError, RuntimeError):  # on the CPU the lookup itself checks the range
-            check_label_range(y, k)
-            raise
-
-    def _targets(self, y: Tensor, rows: Tensor | None, logits: Tensor, plan: MixPlan | None) -> Tensor:
-        """The soft targets [B, K] for the logits: mixed by ``plan``, or as they are if it is None."""
-        k = logits.shape[-1]
-        if y.dtype.is_floating_point:  # soft rows: soft_targets checks their shape
-            y = y.to(logits.device)
-            return soft_targets(y, k, self.label_smoothing) if plan is None else mix_targets(y, plan, k, self.label_smoothing)
-        if rows is None:
-            rows = self._label_rows(y, k)
-        elif k != self.num_classes:
-            raise ValueError(f"the model returned {k} logits per row but num_classes={self.num_classes}")
-        if rows.device != logits.device:
-            rows = rows.to(logits.device)
-        return rows if plan is None else mix(rows, plan)
-
-    def _mixed_forward(self, x: Tensor, y: Tensor, rows: Tensor | None, index: Tensor | None, plan: MixPlan, layer: str) -> tuple[Tensor, Tensor]:
-        if layer == INPUT:
-            logits = self.model(mix(x, plan))
-        elif self.direct_sequential and (split := self._split(layer, False)) is not None:
-            h = x
-            for m in split.prefix:
-                h = m(h)
-            h = mix(h, plan) if isinstance(h, Tensor) else _apply_selector(h, None, None, layer)  # (raises)
-            for m in split.suffix:
-                h = m(h)
-            logits = h
-        else:
-            state = self._state
-            state.plan, state.fired = plan, False
-            handle = self._modules_by_name[layer].register_forward_hook(self._hooks[layer])
+            hook = self._hooks[layer]
+            hook.plan, hook.make_plan, hook.fired = plan, make_plan, False
+            handle = unwrap(self.model).get_submodule(layer).register_forward_hook(hook)
             try:
-                logits = self.model(x)
+                out = self._call(x, args, kwargs)
             finally:
                 handle.remove()
-                state.plan = None
-            if not state.fired:
+                plan, hook.plan, hook.make_plan = hook.plan, None, None
+            if not hook.fired:
                 raise RuntimeError(f"layer {layer!r} did not run in the forward pass, so nothing was mixed")
-        return self._finish(y, rows, index, logits, plan, layer)
-
-    def _finish(self, y: Tensor, rows: Tensor | None, index: Tensor | None, logits: Any, plan: MixPlan, layer: str) -> tuple[Tensor, Tensor]:
-        if not isinstance(logits, Tensor) or logits.ndim != 2:
-            raise TypeError(f"the model must return logits [B, K]; got {getattr(logits, 'shape', type(logits))}")
-        targets = self._targets(y, rows, logits, plan)
-        if isinstance(self.policy, ConfMix) and self.policy.confidence == "cached" and index is not None:
-            self.policy.observe(index, logits, grown=self._state.looked_up)
-        self._state.looked_up = False
-        self._state.last_plan = LastPlan(plan.perm, plan.lam, layer)
+        logits = self._logits(out)
+        targets = self._targets(y, logits, plan)
+        self.policy.observe(index, logits.detach(), y)
+        self.last_plan = LastPlan(plan.perm, plan.lam, layer)
         return logits, targets
+
+    def _draw(self, b: int, index: Tensor | None, confidence: tuple[Tensor, int] | None) -> MixPlan:
+        """Ask the policy for the batch's alpha, draw the plan, record both."""
+        pol = self.policy
+        conf, k = confidence if confidence is not None else (None, self.num_classes)
+        alpha = pol.alpha(pol.epoch, b, confidence=conf, index=index, num_classes=k)
+        name = f"{type(pol).__name__}.alpha"
+        if isinstance(alpha, (Tensor, np.ndarray)) and alpha.ndim > 0:
+            if alpha.shape != (b,) or not self.per_sample:
+                raise ValueError(f"{name} returned per-row values of shape {tuple(alpha.shape)}; expected [{b}] "
+                                 "(and per_sample=True)")
+            alpha = (alpha.detach().to("cpu", torch.float64).numpy() if isinstance(alpha, Tensor)
+                     else np.array(alpha, np.float64))
+        elif isinstance(alpha, (Tensor, np.ndarray)):
+            alpha = float(alpha)
+        check_alpha(alpha, name)
+        plan = self._stream.plan(b, pol.beta_parameter(alpha), self.per_sample)
+        pol.record(alpha, plan.lam.numpy())
+        return plan
+
+    # -- batches, outputs and targets -----------------------------------------------------
+    def _call(self, x: Any, args: tuple, kwargs: dict, base: bool = False) -> Any:
+        model = unwrap(self.model) if base else self.model
+        return model(*args, **x, **kwargs) if isinstance(x, Mapping) else model(x, *args, **kwargs)
+
+    def _batch_size(self, x: Any) -> int:
+        if isinstance(x, Tensor):
+            if x.ndim == 0:
+                raise ValueError("the input must be batch-first [B, ...]; got a 0-d tensor")
+            return int(x.shape[0])
+        if isinstance(x, Mapping):
+            if self.input_key is not None:
+                if self.input_key not in x:
+                    raise ValueError(f"input_key={self.input_key!r} is not a key of the batch; keys: {list(x)}")
+                return self._batch_size(x[self.input_key])
+            for v in x.values():
+                if isinstance(v, Tensor) and v.ndim:
+                    return int(v.shape[0])
+            raise ValueError(f"a mapping batch must hold a batch-first tensor; keys: {list(x)}")
+        raise TypeError(f"the input must be a tensor [B, ...] or a mapping of model arguments; got {type(x).__name__}")
+
+    def _device(self, x: Any) -> torch.device:
+        if isinstance(x, Mapping):
+            x = x[self.input_key] if self.input_key is not None else next(v for v in x.values() if isinstance(v, Tensor))
+        return x.device
+
+    def _mix_input(self, x: Any, plan: MixPlan) -> Any:
+        if isinstance(x, Mapping):
+            if self.input_key is None:
+                raise ValueError(f"mixing a mapping batch at 'input' needs input_key=<the key to mix>; keys: {list(x)}")
+            return {**x, self.input_key: self._mix_input(x[self.input_key], plan)}
+        if not (x.dtype.is_floating_point or x.dtype.is_complex):
+            emb = [n for n, m in unwrap(self.model).named_modules() if isinstance(m, nn.Embedding)]
+            where = f"mix at or after an embedding module instead: {emb}" if emb else "mix at a layer after the embedding"
+            raise ValueError(f"the input is an integer tensor ({x.dtype}, e.g. token ids) and cannot be mixed; {where}")
+        return mix(x, plan)
+
+    def _logits(self, out: Any) -> Tensor:
+        if self.logits_fn is not None:
+            got = self.logits_fn(out)
+            if not isinstance(got, Tensor):
+                raise TypeError(f"logits= returned a {type(got).__name__}, not a tensor")
+            return got
+        if isinstance(out, Tensor):
+            return out
+        got = getattr(out, "logits", None)
+        if isinstance(got, Tensor):
+            return got
+        raise TypeError(f"the model returned a {type(out).__name__}, which is not a tensor and has no .logits: give the "
+                        "mixer logits=<a function from the model's output to the logits tensor>")
+
+    def _check_targets(self, y: Tensor) -> None:
+        """Check the targets before any work (labels against num_classes where it is known)."""
+        if self.task == "classification":
+            if y.dtype.is_floating_point:
+                check_soft_rows(y, self.num_classes)
+            elif y.dtype == torch.bool or y.dtype.is_complex:
+                raise ValueError(f"classification targets are class indices [B] or soft rows [B, K]; got {y.dtype}")
+            elif y.ndim != 1:
+                raise ValueError(f"class-index targets must have shape [B]; got {tuple(y.shape)}")
+            elif self.num_classes is not None:
+                check_label_range(y, self.num_classes)
+        elif self.task == "multilabel":
+            if y.ndim != 2 or y.dtype.is_complex:
+                raise ValueError(f"multilabel targets must be rows [B, K] in [0, 1]; got {y.dtype} of shape {tuple(y.shape)}")
+            bad = ~((y >= 0) & (y <= 1))
+            if bad.any():
+                raise ValueError(f"multilabel targets must lie in [0, 1]; got {y[bad][0].item()}")
+        elif not y.dtype.is_floating_point:
+            raise ValueError(f"regression targets must be a float tensor [B, ...]; got {y.dtype}")
+
+    def _targets(self, y: Tensor, logits: Tensor, plan: MixPlan | None) -> Tensor:
+        """The targets for the logits: mixed by ``plan``, or as they are if it is None."""
+        if self.task == "classification":
+            if logits.ndim != 2:
+                raise ValueError(f"classification logits must have shape [B, K]; got {tuple(logits.shape)} "
+                                 "(give logits=<function> to pick them from the model's output)")
+            k = logits.shape[-1]
+            if self.num_classes is not None and k != self.num_classes:
+                raise ValueError(f"the model returned {k} logits per row but num_classes={self.num_classes}")
+            if y.dtype.is_floating_point:
+                if y.shape[1] != k:
+                    raise ValueError(f"soft targets have {y.shape[1]} columns but the model returned {k} logits per row")
+                rows = y.float()
+            else:
+                if self.num_classes is None:
+                    check_label_range(y, k)
+                rows = torch.nn.functional.one_hot(y.long(), k).float()
+            if self.label_smoothing:
+                rows = rows * (1 - self.label_smoothing) + self.label_smoothing / k
+            t = rows.to(logits.device)
+        else:
+            t = (y if y.dtype.is_floating_point else y.float()).to(logits.device)
+        return t if plan is None else mix(t, plan)
+
+
+def _ddp_rank(model: nn.Module) -> int | None:
+    """The process rank when the model is wrapped in DistributedDataParallel, else None."""
+    m = model
+    while True:
+        if isinstance(m, nn.parallel.DistributedDataParallel):
+            import torch.distributed as dist
+
+            return dist.get_rank(m.process_group) if dist.is_initialized() else 0
+        inner = getattr(m, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return None
+        m = inner

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "eval_mode",
     "mlp",
     "mlp_layer",
     "mlp_init",
@@ -35,20 +33,6 @@ __all__ = [
 ]
 
 PAPER_CNN_MIX_LAYER = "flatten"
-
-
-@contextmanager
-def eval_mode(*models: nn.Module) -> Iterator[None]:
-    """Put ``models`` in eval mode for a block, then restore every submodule's own mode
-    (``model.train(was)`` would also switch deliberately frozen submodules back to training)."""
-    modes = [(m, m.training) for model in models for m in model.modules()]
-    for model in models:
-        model.eval()
-    try:
-        yield models[0] if len(models) == 1 else models
-    finally:
-        for m, was in modes:
-            m.training = was
 
 
 def mlp_layer(k: int, depth: int = 3) -> str:

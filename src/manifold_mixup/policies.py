@@ -1,10 +1,20 @@
 """Mixing-strength policies: where a number alpha is accepted, a policy may stand instead.
 
-A policy answers "which alpha for these rows, now?". It learns the training clock in one way:
-the training loop calls ``set_epoch(t)`` (t in epochs, fractional allowed: ``epoch + i / steps``)
-before each batch; ``ManifoldMixup.set_epoch`` forwards it. Each policy records, per whole epoch,
-the mean alpha it gave and the mean lambda drawn (``history()``), so a study can plot alpha over
-training.
+A policy answers "which alpha for these rows, now?" through one interface, which the mixer uses
+for every policy alike (it knows no policy type):
+
+- ``needs``: what the policy wants handed to ``alpha`` for the coming batch: a subset of
+  ``{"confidence", "index"}`` (the model's max-softmax confidence at each clean row, computed by
+  the mixer; the batch's sample indices, passed to the mixer as ``index=``).
+- ``alpha(epoch, batch_size, *, confidence=None, index=None, num_classes=None)``: a number, or
+  per-row values [B] (numpy or torch), each >= 0.
+- ``beta_parameter(alpha)``: the Beta parameter actually drawn from (half ConfMix halves it).
+- ``observe(index, logits, labels)``: after the forward, the batch's sample indices (or None),
+  detached training logits and labels as given, for policies that keep statistics per sample.
+
+The training loop calls ``mixer.set_epoch(t)`` (t in epochs, fractional allowed:
+``epoch + i / steps``) before each batch. Each policy records, per whole epoch, the mean alpha it
+gave and the mean lambda drawn (``history()``), so a study can plot alpha over training.
 
 Policies (DESIGN.md):
 - ``Constant(alpha)``.
@@ -15,22 +25,13 @@ Policies (DESIGN.md):
   lambda_i ~ Beta(alpha_i, alpha_i), or Beta(alpha_i/2, alpha_i/2) for half ConfMix
   (``HalfConfMix``); plain ERM (alpha = 0, lambda = 1) for the first ``warmup_epochs`` epochs.
   x_i is the row that keeps weight lambda_i.
-
-Complete example loop (``mixer`` a ``ManifoldMixup``)::
-
-    steps = len(loader)
-    for epoch in range(epochs):
-        for i, (x, y, idx) in enumerate(loader):
-            mixer.set_epoch(epoch + i / steps)
-            logits, targets = mixer(x, y, index=idx)   # index only for ConfMix(confidence="cached")
-            loss = mm.soft_cross_entropy(logits, targets)
-            opt.zero_grad(); loss.backward(); opt.step()
-    mixer.policy.history()   # [{'epoch': 0, 'mean_alpha': ..., 'mean_lambda': ..., 'mean_partner_weight': ...}, ...]
 """
 
 from __future__ import annotations
 
+import copy
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,66 +41,71 @@ from .mixing import check_alpha
 
 __all__ = ["AlphaPolicy", "Constant", "RampUp", "RampDown", "ConfMix", "HalfConfMix", "as_policy", "confmix_alpha"]
 
+NEEDS = frozenset({"confidence", "index"})
+
 
 class AlphaPolicy:
-    """Base class. Subclasses implement ``alpha_at`` (or override ``alpha``)."""
+    """Base class: subclasses implement ``alpha_at(epoch)``, or ``alpha`` (and ``needs``,
+    ``observe``) for adaptive policies. The state of a policy is its instance attributes:
+    ``state_dict`` copies them, so keep them picklable."""
 
-    needs_confidence = False
+    needs: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         self.epoch = 0.0
-        self._sums: dict[int, list[float]] = {}
-        self._pending: list[tuple[int, float | np.ndarray, np.ndarray]] = []  # summed in batches
+        self._sums: dict[int, list[float]] = {}  # epoch -> [sum alpha, sum lambda, sum partner weight, rows]
 
     def set_epoch(self, epoch: float) -> None:
         """Tell the policy where training stands, in epochs (fractional allowed)."""
-        if not math.isfinite(epoch) or epoch < 0:
-            raise ValueError(f"epoch must be finite and >= 0; got {epoch}")
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or not math.isfinite(epoch) or epoch < 0:
+            raise ValueError(f"epoch must be a finite number >= 0; got {epoch!r}")
         self.epoch = float(epoch)
 
     def alpha_at(self, epoch: float) -> float:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement alpha_at(epoch) or alpha(...)")
 
-    def alpha(self, batch_size: int, confidence: Tensor | None = None) -> float | Tensor:
-        """alpha for the next batch: a number, or a Tensor [batch_size] of per-sample values."""
-        return self.alpha_at(self.epoch)
+    def alpha(self, epoch: float, batch_size: int, *, confidence: Tensor | None = None,
+              index: Tensor | None = None, num_classes: int | None = None) -> float | np.ndarray | Tensor:
+        """alpha for the next batch: a number, or per-row values [batch_size]."""
+        return self.alpha_at(epoch)
 
-    def record(self, alpha: float | np.ndarray | Tensor, lam: np.ndarray | Tensor) -> None:
-        """Add one batch to the per-epoch statistics (alpha as given to the rows, lambda drawn).
-        Arrays are copied (the caller may reuse them) and summed a few hundred batches at a time."""
-        lam = lam.detach().cpu().numpy() if isinstance(lam, Tensor) else lam
-        alpha = alpha.detach().cpu().numpy() if isinstance(alpha, Tensor) else alpha
-        self._keep(alpha.copy() if isinstance(alpha, np.ndarray) else alpha, np.array(lam, copy=True))
+    def beta_parameter(self, alpha: float | np.ndarray) -> float | np.ndarray:
+        """The Beta parameter lambda is drawn from, given the batch's alpha."""
+        return alpha
 
-    def _keep(self, alpha: float | np.ndarray, lam: np.ndarray) -> None:
-        """``record`` for arrays that nobody else writes to (the mixer's own): kept as they are,
-        which keeps numpy out of most training steps."""
-        self._pending.append((int(self.epoch), alpha, lam))
-        if len(self._pending) >= 512:
-            self._flush()
+    def observe(self, index: Tensor | None, logits: Tensor, labels: Tensor) -> None:
+        """Called after each mixed forward with the detached logits; does nothing by default."""
 
-    def _flush(self) -> None:
-        for epoch, alpha, lam in self._pending:
-            lam = np.asarray(lam)
-            n = lam.size
-            a = float(np.mean(alpha)) if isinstance(alpha, np.ndarray) else float(alpha)
-            s = self._sums.setdefault(epoch, [0.0, 0.0, 0.0, 0])
-            s[0] += a * n
-            s[1] += float(lam.sum(dtype=np.float64))
-            s[2] += float(np.minimum(lam, 1 - lam).sum(dtype=np.float64))
-            s[3] += n
-        self._pending.clear()
+    # -- records ----------------------------------------------------------------------------
+    def record(self, alpha: float | np.ndarray, lam: np.ndarray) -> None:
+        """Add one batch to the per-epoch statistics (alpha as given to the rows, lambda drawn)."""
+        lam = np.asarray(lam, np.float64)
+        s = self._sums.setdefault(int(self.epoch), [0.0, 0.0, 0.0, 0])
+        s[0] += float(np.mean(alpha)) * lam.size
+        s[1] += float(lam.sum())
+        s[2] += float(np.minimum(lam, 1 - lam).sum())
+        s[3] += lam.size
 
     def history(self) -> list[dict]:
         """Per epoch: mean alpha, mean lambda, mean partner weight min(lambda, 1 - lambda)
         (0 = no mixing, 1/2 = even mixes; the mean of lambda itself is 1/2 whenever alpha > 0)
         and the number of rows seen."""
-        self._flush()
         return [
             {"epoch": e, "mean_alpha": s[0] / s[3], "mean_lambda": s[1] / s[3], "mean_partner_weight": s[2] / s[3],
              "rows": s[3]}
             for e, s in sorted(self._sums.items())
         ]
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """A copy of the policy's state (its instance attributes), for checkpoints."""
+        return copy.deepcopy(vars(self))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = set(vars(self)) - set(state)
+        if missing:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the state lacks {sorted(missing)}")
+        vars(self).update(copy.deepcopy(state))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "epoch")
@@ -167,26 +173,23 @@ class ConfMix(AlphaPolicy):
     """Per-sample alpha from the model's own confidence, after ``warmup_epochs`` of plain ERM.
 
     confidence: where the confidence at x_i comes from.
-      - ``"fresh"`` (default): a no-grad forward of the current model on the clean batch, with the
-        model switched to eval mode for that forward (BatchNorm uses its running statistics and
-        is not updated, dropout is off), then switched back. Costs one extra forward pass, or,
-        when the model is a plain ``nn.Sequential`` whose layers up to the mixing point do not
-        depend on the mode, only a no-grad pass through the layers after it (``ManifoldMixup``
-        then runs the layers before it once; the numbers are the same).
+      - ``"fresh"`` (default): the current model's max softmax at the clean batch, no-grad and in
+        eval mode (BatchNorm uses its running statistics and is not updated, dropout is off).
+        The mixer computes it: by an extra forward pass, or, where the model is a plain chain up
+        to the mixing point, from the clean hidden state (``manifold_mixup.confidence``).
       - ``"cached"``: the max softmax of row i's training output in the previous epoch, kept per
-        sample index (the loop passes ``index=``). Exact for rows trained unmixed (the warm-up
-        epochs, rows with alpha_i = 0); for mixed rows it is the confidence at the mixed point
-        that row i dominates. Costs nothing extra. A sample never seen gets alpha 0.
+        sample index (the loop passes ``index=``; the mixer needs ``num_classes=K``). Exact for
+        rows trained unmixed (the warm-up epochs, rows with alpha_i = 0); for mixed rows it is
+        the confidence at the mixed point that row i dominates. Costs nothing extra. A sample
+        never seen gets alpha 0.
     half: draw lambda_i ~ Beta(alpha_i/2, alpha_i/2) (half ConfMix). ``history()`` records
       alpha_i itself, before halving.
     """
 
-    needs_confidence = True
-
     def __init__(self, warmup_epochs: float = 5, half: bool = False, confidence: str = "fresh") -> None:
         super().__init__()
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float)) or not warmup_epochs >= 0:
-            raise ValueError(f"warmup_epochs M must be a number >= 0; got {warmup_epochs!r}")
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float)) or not 0 <= warmup_epochs < math.inf:
+            raise ValueError(f"warmup_epochs M must be a finite number >= 0; got {warmup_epochs!r}")
         if confidence not in ("fresh", "cached"):
             raise ValueError(f"confidence must be 'fresh' or 'cached'; got {confidence!r}")
         self.warmup_epochs = warmup_epochs
@@ -198,21 +201,28 @@ class ConfMix(AlphaPolicy):
     def in_warmup(self) -> bool:
         return self.epoch < self.warmup_epochs
 
-    def confmix_alpha(self, confidence: Tensor, num_classes: int, check: bool = True) -> Tensor:
-        """alpha_i per row (before halving); zeros during warm-up. ``check=False`` skips the
-        range check, for confidences the library computed itself (softmax outputs)."""
-        if self.in_warmup:
-            return torch.zeros(confidence.shape[0])
-        confidence = confidence.detach().float()
-        if check:
-            return confmix_alpha(confidence.cpu(), num_classes)
-        alpha = confmix_alpha(confidence, num_classes, check=False).cpu()
+    @property
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        if self.confidence == "cached":
+            return frozenset({"index"})  # read during the warm-up too: observe fills the cache
+        return frozenset() if self.in_warmup else frozenset({"confidence"})
+
+    def alpha(self, epoch: float, batch_size: int, *, confidence: Tensor | None = None,
+              index: Tensor | None = None, num_classes: int | None = None) -> float | np.ndarray:
+        if epoch < self.warmup_epochs:
+            return 0.0
+        if self.confidence == "cached":
+            if num_classes is None:
+                raise ValueError("ConfMix(confidence='cached') needs num_classes=K on the mixer")
+            confidence = self.cached_confidence(index, num_classes)
+        elif confidence is None:
+            raise ValueError("ConfMix(confidence='fresh') needs the batch's confidences")
+        alpha = confmix_alpha(confidence.detach().float().cpu(), num_classes, check=False)
         if alpha.isnan().any():  # softmax of non-finite logits
             raise ValueError("the model's confidences are NaN (non-finite logits?); ConfMix cannot set alpha from them")
-        return alpha
+        return alpha.double().numpy()
 
-    def beta_parameter(self, alpha: Tensor) -> Tensor:
-        """The Beta parameter actually used for lambda_i: alpha_i, or alpha_i/2 for half ConfMix."""
+    def beta_parameter(self, alpha: float | np.ndarray) -> float | np.ndarray:
         return alpha / 2 if self.half else alpha
 
     # -- cached confidences -------------------------------------------------------------
@@ -233,51 +243,21 @@ class ConfMix(AlphaPolicy):
             cache = self._cache = grown
         return cache
 
-    def cached_alpha(self, index: Tensor, num_classes: int) -> np.ndarray:
-        """alpha_i (before halving, float64 [B]) of the cached confidences at sample indices ``index``
-        (a LongTensor [B]); the same numbers as ``confmix_alpha(cached_confidence(index, K), K)``,
-        and the cache then covers ``index``; zeros during warm-up (the indices are not read then).
-        A CPU cache is read in numpy: one array lookup and four array operations per step, where
-        the torch path costs a dozen calls."""
-        if self.in_warmup:
-            return np.zeros(index.shape[0])
-        cache = self._cache
-        if (cache is None or not cache.is_cpu or not index.is_cpu or index.dtype != torch.long or index.ndim != 1
-                or type(num_classes) is not int or num_classes < 2 or not index.shape[0]):
-            return self._alpha_of(self.cached_confidence(index, num_classes), num_classes)
-        idx = index.numpy()  # (sample indices carry no gradient)
-        # a negative index reads as a huge unsigned one: one comparison checks both ends
-        if int(idx.view(np.uint64).max()) >= cache.shape[0]:
-            return self._alpha_of(self.cached_confidence(index, num_classes), num_classes)
-        k = num_classes
-        # float32 as in ``confmix_alpha`` (bit for bit); unseen samples (NaN) get alpha 0 (fmax)
-        a = np.fmax((cache.numpy()[idx] - np.float32(1.0 / k)) * np.float32(k / (k - 1)), np.float32(0.0))
-        return np.minimum(a, np.float32(1.0), out=a).astype(np.float64)
-
-    @staticmethod
-    def _alpha_of(confidence: Tensor, k: int) -> np.ndarray:
-        return confmix_alpha(confidence, k, check=False).to("cpu", torch.float64).numpy()
-
     def cached_confidence(self, index: Tensor, num_classes: int) -> Tensor:
         """Confidences [B] for sample indices; unseen samples get 1/K (so alpha 0)."""
         index = index.detach()
         cache = self._grow(index, index.device if self._cache is None else self._cache.device)
-        got = torch.index_select(cache, 0, index.to(cache.device, torch.long))
+        got = cache[index.to(cache.device, torch.long)]
         return torch.nan_to_num(got, nan=1.0 / num_classes)
 
-    def observe(self, index: Tensor, logits: Tensor, grown: bool = False) -> None:
-        """Store max softmax of the training output rows under their sample indices (an index
-        repeated within one batch keeps one of its rows' values: the last on the CPU, any on CUDA).
-        grown: the cache already covers ``index`` on the logits' device (the mixer looked the
-        same indices up before the forward), so the range check is not repeated."""
-        logits = logits.detach()
-        conf = torch.softmax(logits if logits.dtype == torch.float32 else logits.float(), -1).amax(-1)
-        cache = self._cache
-        if not (grown and cache is not None and cache.device == conf.device):
-            cache = self._grow(index.detach(), conf.device)
-        if index.dtype != torch.long or index.device != cache.device:
-            index = index.to(cache.device, torch.long)
-        cache.index_copy_(0, index, conf)
+    def observe(self, index: Tensor | None, logits: Tensor, labels: Tensor) -> None:
+        """Cached ConfMix: store the max softmax of the training output rows under their sample
+        indices (an index repeated within one batch keeps one of its rows' values)."""
+        if self.confidence != "cached" or index is None:
+            return
+        conf = torch.softmax(logits.detach().float(), -1).amax(-1)
+        cache = self._grow(index.detach(), conf.device)
+        cache.index_copy_(0, index.to(cache.device, torch.long), conf)
 
 
 class HalfConfMix(ConfMix):

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .manifold import ManifoldMixup
-from .models import eval_mode
+from .manifold import ManifoldMixup, eval_mode
 from .mixing import soft_cross_entropy, soft_targets
-from .policies import AlphaPolicy, ConfMix
+from .policies import AlphaPolicy
 
 __all__ = ["TrainResult", "train_classifier", "accuracy", "make_optimizer"]
 
@@ -94,7 +93,6 @@ def train_classifier(
     if layers is not None:
         mixer = ManifoldMixup(model, layers, alpha=alpha, generator=mix_seed, num_classes=k)
     opt = make_optimizer(model.parameters(), optimizer, lr)
-    cached = mixer is not None and isinstance(mixer.policy, ConfMix) and mixer.policy.confidence == "cached"
     steps = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size) if min(i + batch_size, n) - i >= 2]
     result = TrainResult()
     model.train()
@@ -110,7 +108,7 @@ def train_classifier(
                     targets = soft_targets(yb, k)
                 else:
                     mixer.set_epoch(epoch + s / len(steps))
-                    logits, targets = mixer(xb, yb, index=idx if cached else None)
+                    logits, targets = mixer(xb, yb, index=idx)  # (sample indices: for policies that keep per-sample state)
                 loss = soft_cross_entropy(logits, targets)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
