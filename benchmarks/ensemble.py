@@ -106,7 +106,7 @@ def main() -> None:
     x, y, ks, specs = workload(args.models)
     cfg = EnsembleConfig(epochs=args.epochs, chunk_models=args.chunk, workers=args.workers, threads_per_worker=args.threads)
     chunk = chunk_size_for(2, 5, N, cfg, device.type)
-    workers = _n_workers(cfg, device, -(-args.models // chunk), args.models, 2, ks, N)
+    workers = _n_workers(cfg, device, -(-args.models // chunk))
     threads = args.threads or (max(1, (os.cpu_count() or 1) // workers) if workers > 1 else torch.get_num_threads())
 
     sgemm = sgemm_gflops(device)

@@ -28,14 +28,14 @@ def make_data(m: int, ks: list[int], seed: int = 0) -> tuple[torch.Tensor, torch
     return x, y
 
 
-def reference(x, y, k, spec, config=CFG, layer_override=None, perm_fn=None, lam_fn=None):
+def reference(x, y, k, spec, config=CFG, layer_override=None, perm_fn=None, lam_fn=None, momentum=0.9):
     """Train one member through mm.models.mlp + ManifoldMixup, replaying epoch_plan; returns its Linear weights."""
     torch.manual_seed(0)  # the reference path draws nothing from it; set anyway
     model = mm.models.mlp(k, config.hidden, generator=torch.Generator().manual_seed(spec.seed)).double()
     if config.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     else:
-        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=momentum)
     depth = len(config.hidden)
     layer = spec.mix_layer if layer_override is None else layer_override
     mixer = None
@@ -116,14 +116,62 @@ def test_different_k_padding_matches_reference():
     assert torch.all(params.weights[-1][0, 2:] == 0) and torch.all(params.biases[-1][2, 3:] == 0)
 
 
-def test_sgd_matches_reference():
+def test_sgd_is_torchs_sgd_with_momentum_0_9():
+    # 'sgd' is torch.optim.SGD(lr, momentum=0.9), as train.make_optimizer builds it, member by member
+    from manifold_mixup.ensemble import SGD_MOMENTUM
+    from manifold_mixup.train import make_optimizer
+
+    opt = make_optimizer([torch.nn.Parameter(torch.zeros(1))], "sgd", 0.1)
+    assert SGD_MOMENTUM == 0.9 and opt.defaults["momentum"] == SGD_MOMENTUM
+    assert opt.defaults["dampening"] == 0 and not opt.defaults["nesterov"]
     cfg = EnsembleConfig(epochs=EPOCHS, batch_size=BATCH, hidden=HIDDEN, dtype=torch.float64,
-                         optimizer="sgd", lr=0.05, momentum=0.9)
+                         optimizer="sgd", lr=0.05)
     specs = [MemberSpec(8, 2, 0.5), MemberSpec(9, None, 0.5)]
     x, y = make_data(2, [4, 4], seed=2)
     params = train_ensemble(x, y, 4, specs, cfg)
     for i, s in enumerate(specs):
         assert maxdiff(member_weights(params, i), reference(x[i], y[i], 4, s, config=cfg)) < TOL
+    # negative control: plain SGD (no momentum) ends elsewhere
+    assert maxdiff(member_weights(params, 1), reference(x[1], y[1], 4, specs[1], config=cfg, momentum=0.0)) > 100 * TOL
+
+
+def member_risk_proxy(epoch, members, params):
+    """A picklable evaluate(): each member's mean logit on fixed points, and the epoch and member index."""
+    pts = torch.linspace(-2, 2, 14, dtype=params.weights[0].dtype).view(7, 2)
+    out = torch.stack([to_sequential(params, r)(pts).mean() for r in range(params.num_models)]).detach()
+    return torch.stack([out.double(), torch.full_like(out, epoch).double(), torch.tensor(members).double()], 1)
+
+
+@pytest.mark.parametrize("layout", [dict(), dict(memory_budget=200_000),
+                                    pytest.param(dict(memory_budget=200_000, workers=2), marks=pytest.mark.slow)])
+def test_eval_epochs_see_what_a_shorter_run_ends_with(layout):
+    ks = [2, 3, 4, 5, 3]
+    specs = [MemberSpec(s, l, 0.5) for s, l in zip(range(5), [None, 0, 1, 2, 3])]
+    x, y = make_data(5, ks, seed=6)
+    cfg = EnsembleConfig(epochs=4, batch_size=BATCH, hidden=HIDDEN, eval_epochs=(1, 3), **layout)
+    full = train_ensemble(x, y, ks, specs, cfg)
+    plain = train_ensemble(x, y, ks, specs, EnsembleConfig(epochs=4, batch_size=BATCH, hidden=HIDDEN, **layout))
+    assert list(full.snapshots) == [1, 3] and not full.evaluations
+    # evaluating changes nothing in training: the final parameters are bit for bit the plain run's
+    for a, b in zip(full.weights + full.biases, plain.weights + plain.biases):
+        assert torch.equal(a, b)
+    for e in (1, 3):
+        short = train_ensemble(x, y, ks, specs, EnsembleConfig(epochs=e, batch_size=BATCH, hidden=HIDDEN, **layout))
+        snap = full.snapshots[e]
+        assert snap.num_classes == ks
+        for a, b in zip(snap.weights + snap.biases, short.weights + short.biases):
+            assert torch.equal(a, b)
+        assert torch.equal(full.losses[:, :e], short.losses)
+    # snapshots differ between epochs (training went on)
+    assert maxdiff(full.snapshots[1].weights, full.snapshots[3].weights) > 1e-4
+    # an evaluate() function sees the same parameters; its rows come back in member order
+    ev = train_ensemble(x, y, ks, specs, cfg, evaluate=member_risk_proxy)
+    assert list(ev.evaluations) == [1, 3] and not ev.snapshots
+    for e in (1, 3):
+        got = ev.evaluations[e]
+        assert got.shape == (5, 3) and torch.equal(got[:, 1], torch.full((5,), float(e), dtype=torch.float64))
+        assert torch.equal(got[:, 2], torch.arange(5, dtype=torch.float64))
+        assert torch.equal(got[:, 0], member_risk_proxy(e, list(range(5)), full.snapshots[e])[:, 0])
 
 
 def test_chunking_and_determinism():
@@ -184,6 +232,10 @@ def test_epoch_plan_shapes_and_streams():
     (dict(config=EnsembleConfig(batch_size=BATCH, hidden=HIDDEN, memory_budget=0)), "memory_budget must be a finite number of bytes >= 1; got 0"),
     (dict(config=EnsembleConfig(batch_size=BATCH, hidden=HIDDEN, memory_budget=float("inf"))), "memory_budget must be a finite number of bytes >= 1; got inf"),
     (dict(config=EnsembleConfig(optimizer="rmsprop", hidden=HIDDEN)), "'adam' or 'sgd'"),
+    (dict(config=EnsembleConfig(epochs=2, batch_size=BATCH, hidden=HIDDEN, eval_epochs=(1, 3))),
+     r"eval_epochs must be distinct integers in 1..epochs = 2; got \(1, 3\)"),
+    (dict(config=EnsembleConfig(epochs=2, batch_size=BATCH, hidden=HIDDEN, eval_epochs=(1, 1))), "eval_epochs must be distinct"),
+    (dict(evaluate="risk"), "evaluate must be None or a function"),
     (dict(x=torch.zeros(2, N)), r"x must be a float Tensor \[M, n, d\]"),
     (dict(y=torch.zeros(2, N - 1, dtype=torch.long)), r"y must be an integer Tensor \[M, n\]"),
 ])

@@ -37,6 +37,15 @@ gradient and Adam/SGD update are exactly 0: the padded member is the unpadded on
 Data: every member has n samples and n must be a multiple of batch_size (the paper: n = 1000,
 batch 50); a last partial batch is not supported and raises ValueError.
 
+Optimisers: ``"adam"`` is ``torch.optim.Adam(lr, betas, eps)``; ``"sgd"`` is
+``torch.optim.SGD(lr, momentum=SGD_MOMENTUM)`` (0.9, no dampening, no Nesterov), the same SGD as
+``manifold_mixup.train.make_optimizer``: one definition of SGD in the package.
+
+Evaluation during training: ``EnsembleConfig(eval_epochs=(10, 20, ...))`` hands the members'
+parameters after each listed epoch to ``evaluate`` (or keeps a copy of them) while training goes
+on. Evaluation reads copies and draws nothing, so training is exactly what it is without it:
+the parameters after epoch e equal, bit for bit, those of a run with ``epochs=e``.
+
 Speed: forward and backward are written by hand (``baddbmm``/``bmm`` over the member axis, ReLU
 masks via ``threshold_backward``, a fused softmax cross-entropy gradient ``(softmax - T) / B``),
 into preallocated buffers; the optimiser is one ``torch.optim.Adam(fused=True)`` (or SGD) over the
@@ -64,6 +73,7 @@ __all__ = [
     "EnsembleConfig",
     "EnsembleParams",
     "PLAN_STREAM",
+    "SGD_MOMENTUM",
     "epoch_plan",
     "train_ensemble",
     "predict_ensemble",
@@ -74,12 +84,15 @@ __all__ = [
 #: spawn-key tag that separates the plan stream (numpy) from anything else derived from a seed.
 PLAN_STREAM = 0x6D6978  # "mix"
 
+#: the momentum of every SGD in the package (``torch.optim.SGD(momentum=0.9)``: no dampening, no Nesterov).
+SGD_MOMENTUM = 0.9
+
 #: added to padded logits: exp() of it is exactly 0, and unlike -inf it keeps 0 * log p = 0.
 _PAD_LOGIT = -1e30
 
 #: members per chunk when the memory budget allows more. On the CPU small chunks keep a chunk's
-#: weights and optimiser state cache-resident (measured on a 2-core CPU, 1 thread: 64 GFLOP/s with
-#: 2-4 members, 54 with 16-32; see BENCHMARKS.md); on a GPU larger chunks fill the device.
+#: weights and optimiser state cache-resident; on a GPU larger chunks fill the device (both chosen
+#: by measurement, see BENCHMARKS.md).
 #: CPU runs with worker processes need the usual ``if __name__ == "__main__":`` guard in scripts
 #: (processes are started with "spawn").
 DEFAULT_CHUNK = {"cpu": 4, "cuda": 256}
@@ -101,18 +114,19 @@ class MemberSpec:
 class EnsembleConfig:
     """Training settings shared by all members.
 
-    optimizer: 'adam' (betas, eps as torch.optim.Adam) or 'sgd' (with ``momentum``).
+    optimizer: 'adam' (betas, eps as torch.optim.Adam) or 'sgd' (torch.optim.SGD with momentum
+    ``SGD_MOMENTUM`` = 0.9, as ``train.make_optimizer``).
+    eval_epochs: epochs (distinct integers in 1..epochs) after which the members are evaluated
+    while training goes on (see ``train_ensemble``'s ``evaluate``); () evaluates nothing.
     memory_budget: bytes one chunk of members may use (parameters, gradients, optimiser state,
     the epoch's data and activations); members are trained chunk by chunk. The default (1 GiB)
-    also serves GPUs: on an H200, chunks of 106, 512 and 2048 paper-width members trained at
-    the same speed within 25% (106 fastest; BENCHMARKS.md).
+    also serves GPUs (larger chunks measured no faster there; BENCHMARKS.md).
     chunk_models: members per chunk (None: the budget's maximum, capped at DEFAULT_CHUNK[device type]).
     dtype: torch.float32 (default) or torch.float64.
     workers: CPU only: worker processes ("spawn") that train chunks in parallel, each with
-    ``threads_per_worker`` threads (default cpu_count // workers). None or 1: in-process. On the
-    shared 2-core test machine two one-thread workers were no faster than one in-process thread
-    (each worker ran at half speed, plus ~4 s to start and stop the pool; see BENCHMARKS.md), so the
-    default is in-process. Results are the same up to float rounding whatever the workers.
+    ``threads_per_worker`` threads (default cpu_count // workers). None or 1: in-process (on a
+    2-core CPU workers measured no faster; BENCHMARKS.md). Results are the same up to float
+    rounding whatever the workers.
     """
 
     epochs: int = 20
@@ -122,7 +136,7 @@ class EnsembleConfig:
     hidden: tuple[int, ...] = (512, 512, 512)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    momentum: float = 0.0
+    eval_epochs: tuple[int, ...] = ()
     memory_budget: int = 1 << 30
     chunk_models: int | None = None
     dtype: torch.dtype = torch.float32
@@ -137,6 +151,9 @@ class EnsembleParams:
     weights[l]: Tensor [M, out_l, in_l]; biases[l]: Tensor [M, out_l]. The last layer has
     out = max K; rows >= num_classes[i] of member i are padding (zero).
     num_classes: list of M ints. losses: Tensor [M, epochs], each member's mean training loss per epoch.
+    evaluations: {epoch: Tensor [M, ...]}, what ``train_ensemble``'s ``evaluate`` returned after each
+    of ``config.eval_epochs``; snapshots: {epoch: EnsembleParams} the parameters after each of them
+    (kept when no ``evaluate`` is given).
     """
 
     weights: list[Tensor]
@@ -144,6 +161,8 @@ class EnsembleParams:
     num_classes: list[int]
     hidden: tuple[int, ...]
     losses: Tensor = field(default_factory=lambda: torch.empty(0))
+    evaluations: dict[int, Tensor] = field(default_factory=dict)
+    snapshots: dict[int, "EnsembleParams"] = field(default_factory=dict)
 
     @property
     def num_models(self) -> int:
@@ -195,6 +214,10 @@ def _check_config(config: EnsembleConfig) -> None:
         raise ValueError(f"config.memory_budget must be a finite number of bytes >= 1; got {mb!r}")
     if config.chunk_models is not None and (not isinstance(config.chunk_models, int) or config.chunk_models < 1):
         raise ValueError(f"config.chunk_models must be None or an integer >= 1; got {config.chunk_models!r}")
+    ev = config.eval_epochs
+    if (not isinstance(ev, (tuple, list)) or len(set(ev)) != len(ev)
+            or any(isinstance(e, bool) or not isinstance(e, (int, np.integer)) or not 1 <= e <= config.epochs for e in ev)):
+        raise ValueError(f"config.eval_epochs must be distinct integers in 1..epochs = {config.epochs}; got {ev!r}")
     for name in ("workers", "threads_per_worker"):
         v = getattr(config, name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -221,7 +244,7 @@ def _bytes_per_model(d: int, hidden: Sequence[int], k: int, n: int, batch: int, 
     """Bytes one member needs in a chunk (parameters + grads + optimiser state + data + activations)."""
     sizes = [d, *hidden, k]
     p = sum(i * o + o for i, o in zip(sizes[:-1], sizes[1:]))
-    copies = 4 if config.optimizer == "adam" else (3 if config.momentum else 2)
+    copies = 4 if config.optimizer == "adam" else 3  # params, grads, Adam's two moments or SGD's momentum
     data = n * (2 * d + 2 * k + batch) + n * 3  # x, mixed x, targets, Mix matrices, order/labels
     act = batch * (3 * sum(hidden) + 4 * max(hidden) + 4 * k)
     item = torch.finfo(config.dtype).bits // 8
@@ -273,7 +296,7 @@ class _Chunk:
         if config.optimizer == "adam":
             self.opt = torch.optim.Adam(params, lr=config.lr, betas=config.betas, eps=config.eps, fused=True)
         else:
-            self.opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, foreach=True)
+            self.opt = torch.optim.SGD(params, lr=config.lr, momentum=SGD_MOMENTUM, foreach=True)
         # activations: a[l] post-ReLU of hidden layer l (l = 0..L-2); h[l] its mixed version (if mixed)
         self.a = [torch.empty(m, batch, s, dtype=dt, device=device) for s in sizes[1:-1]]
         self.h = [torch.empty(m, batch, s, dtype=dt, device=device) if (l + 1) in groups else None
@@ -283,6 +306,12 @@ class _Chunk:
         self.dz = [torch.empty(m, batch, s, dtype=dt, device=device) for s in sizes[1:-1]]
         self.dm = [torch.empty(m, batch, s, dtype=dt, device=device) if (l + 1) in groups else None
                    for l, s in enumerate(sizes[1:-1])]
+
+    def parameters(self) -> tuple[list[Tensor], list[Tensor]]:
+        """Copies on the CPU, in nn.Linear layout: W [m, out, in], b [m, out]."""
+        W = [w.detach().transpose(1, 2).cpu().clone() for w in self.Wt]
+        bs = [b.detach()[:, 0].cpu().clone() for b in self.b]
+        return W, bs
 
     def step(self, x: Tensor, t: Tensor, mix: Tensor) -> Tensor:
         """One optimiser step. x [m, B, d] (input mixing already applied), t [m, B, K] mixed
@@ -344,6 +373,7 @@ def train_ensemble(
     config: EnsembleConfig | None = None,
     device: torch.device | str | None = None,
     progress: Callable[[int], None] | None = None,
+    evaluate: Callable[[int, list[int], EnsembleParams], Tensor] | None = None,
 ) -> EnsembleParams:
     """Train M members; returns their trained parameters (on the CPU).
 
@@ -352,9 +382,18 @@ def train_ensemble(
     device: where to compute (default: x's device); each chunk's data is moved there once.
     progress: called after each chunk with the number of members done so far (or an object with
     ``update(k)``, e.g. a tqdm bar, given the increment).
+    evaluate: called after each epoch e of ``config.eval_epochs`` as ``evaluate(e, members, params)``,
+    with ``members`` the indices (into the M members) of one chunk and ``params`` their parameters
+    at that point (an ``EnsembleParams`` in that order, on the CPU, a copy); it returns a Tensor
+    [len(members), ...] and the returned ``EnsembleParams.evaluations[e]`` stacks them in member
+    order [M, ...]. Without it, ``EnsembleParams.snapshots[e]`` keeps all members' parameters.
+    With ``config.workers`` > 1 it runs in the worker processes, so it must be picklable (a
+    top-level function or a ``functools.partial`` of one).
     """
     config = config or EnsembleConfig()
     _check_config(config)
+    if evaluate is not None and not callable(evaluate):
+        raise ValueError(f"evaluate must be None or a function (epoch, members, params) -> Tensor; got {evaluate!r}")
     if not isinstance(x, Tensor) or x.ndim != 3 or not x.dtype.is_floating_point:
         raise ValueError(f"x must be a float Tensor [M, n, d]; got {getattr(x, 'shape', type(x))}")
     M, n, d = x.shape
@@ -393,17 +432,33 @@ def train_ensemble(
     b_out = [torch.zeros(M, o, dtype=dt) for o in sizes_all[1:]]
     losses = torch.zeros(M, config.epochs, dtype=torch.float64)
     chunks = [order[c0 : c0 + per_chunk] for c0 in range(0, M, per_chunk)]
-    workers = _n_workers(config, device, len(chunks), M, d, ks, n)
+    workers = _n_workers(config, device, len(chunks))
+    evaluations: dict[int, Tensor] = {}
+    snapshots = {e: EnsembleParams([torch.zeros_like(w) for w in W_out], [torch.zeros_like(b) for b in b_out], ks,
+                                   tuple(config.hidden)) for e in config.eval_epochs} if evaluate is None else {}
     done = 0
+
+    def place(W: list[Tensor], b: list[Tensor], it: Tensor, Wc: list[Tensor], bc: list[Tensor]) -> None:
+        for l in range(len(W)):
+            W[l][it, : Wc[l].shape[1]] = Wc[l]
+            b[l][it, : bc[l].shape[1]] = bc[l]
 
     def collect(idx: list[int], result) -> None:
         nonlocal done
-        Wc, bc, lc = result
+        Wc, bc, lc, evals = result
         it = torch.tensor(idx)
-        for l in range(len(W_out)):
-            W_out[l][it, : Wc[l].shape[1]] = Wc[l]
-            b_out[l][it, : bc[l].shape[1]] = bc[l]
+        place(W_out, b_out, it, Wc, bc)
         losses[it] = lc
+        for e, v in evals.items():
+            if evaluate is None:
+                place(snapshots[e].weights, snapshots[e].biases, it, v.weights, v.biases)
+                continue
+            if not isinstance(v, Tensor) or v.ndim < 1 or v.shape[0] != len(idx):
+                raise ValueError(f"evaluate must return a Tensor [len(members), ...] = [{len(idx)}, ...]; "
+                                 f"got {getattr(v, 'shape', type(v).__name__)} at epoch {e}")
+            if e not in evaluations:
+                evaluations[e] = torch.zeros((M, *v.shape[1:]), dtype=v.dtype)
+            evaluations[e][it] = v.cpu()
         done += len(idx)
         if progress is not None:
             if hasattr(progress, "update") and not callable(progress):
@@ -413,7 +468,7 @@ def train_ensemble(
 
     if workers <= 1:
         for idx in chunks:
-            collect(idx, _train_chunk(x, y, ks, specs, idx, config, device))
+            collect(idx, _train_chunk(x, y, ks, specs, idx, config, device, evaluate, idx))
     else:
         threads = config.threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
         ctx = multiprocessing.get_context("spawn")
@@ -424,22 +479,25 @@ def train_ensemble(
                 sub_specs = [specs[i] for i in idx]
                 sub_ks = [ks[i] for i in idx]
                 fut = pool.submit(_train_chunk, x[it].cpu(), y[it].cpu(), sub_ks, sub_specs,
-                                  list(range(len(idx))), config, torch.device("cpu"))
+                                  list(range(len(idx))), config, torch.device("cpu"), evaluate, idx)
                 futures[fut] = idx
             for fut in as_completed(futures):
                 collect(futures[fut], fut.result())
-    return EnsembleParams(W_out, b_out, ks, tuple(config.hidden), losses)
+    return EnsembleParams(W_out, b_out, ks, tuple(config.hidden), losses,
+                          evaluations={e: evaluations[e] for e in sorted(evaluations)},
+                          snapshots={e: snapshots[e] for e in sorted(snapshots)})
 
 
-def _n_workers(config: EnsembleConfig, device: torch.device, n_chunks: int, M: int, d: int, ks: list[int], n: int) -> int:
+def _n_workers(config: EnsembleConfig, device: torch.device, n_chunks: int) -> int:
     """Worker processes to use (see EnsembleConfig.workers)."""
     if device.type != "cpu":
         return 1
     return min(config.workers or 1, n_chunks)
 
 
-def _train_chunk(x, y, ks, specs, idx, config: EnsembleConfig, device) -> tuple[list[Tensor], list[Tensor], Tensor]:
-    """Train the members ``idx`` (sorted by mixing layer) together; returns CPU W [m,out,in], b [m,out], losses [m,E]."""
+def _train_chunk(x, y, ks, specs, idx, config: EnsembleConfig, device, evaluate=None, members=None):
+    """Train the members ``idx`` (sorted by mixing layer) together; returns CPU W [m,out,in], b [m,out],
+    losses [m,E] and {epoch: evaluate(epoch, members, params) or params} for the epochs in config.eval_epochs."""
     m, n, d = len(idx), x.shape[1], x.shape[2]
     B, dt = config.batch_size, config.dtype
     nb = n // B
@@ -463,6 +521,8 @@ def _train_chunk(x, y, ks, specs, idx, config: EnsembleConfig, device) -> tuple[
     xc = x[it].to(device=device, dtype=dt)                  # [m, n, d], moved once
     yc = _onehot(y[it], kc, dt).to(device)                  # [m, n, K]
     losses = torch.zeros(m, config.epochs, dtype=torch.float64)
+    evals: dict[int, object] = {}
+    eval_at = set(config.eval_epochs)
     g0 = groups.get(0)
     for epoch in range(config.epochs):
         orders = torch.empty(m, n, dtype=torch.long)
@@ -488,9 +548,12 @@ def _train_chunk(x, y, ks, specs, idx, config: EnsembleConfig, device) -> tuple[
         for bi in range(nb):
             ep_loss += chunk.step(xe[bi], te[bi], mix[bi])
         losses[:, epoch] = (ep_loss / nb).double().cpu()
-    W = [w.detach().transpose(1, 2).cpu() for w in chunk.Wt]
-    bs = [b.detach()[:, 0].cpu() for b in chunk.b]
-    return W, bs, losses
+        if epoch + 1 in eval_at:
+            W, bs = chunk.parameters()
+            now = EnsembleParams(W, bs, [ks[i] for i in idx], tuple(config.hidden))
+            evals[epoch + 1] = now if evaluate is None else evaluate(epoch + 1, list(members), now)
+    W, bs = chunk.parameters()
+    return W, bs, losses, evals
 
 
 # -- prediction and interop ------------------------------------------------------------------
