@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .ensemble import SGD_MOMENTUM
 from .manifold import ManifoldMixup, eval_mode
 from .mixing import soft_cross_entropy, soft_targets
 from .policies import AlphaPolicy
@@ -36,13 +37,14 @@ class TrainResult:
 
 
 def make_optimizer(params, name: str, lr: float) -> torch.optim.Optimizer:
-    """Adam (the default of the studies) or SGD with momentum 0.9."""
+    """``torch.optim.Adam(lr)`` (the default of the studies) or ``torch.optim.SGD(lr, momentum=0.9)``
+    (``SGD_MOMENTUM``; no dampening, no Nesterov): the same two optimisers as the vectorised trainer."""
     if not lr > 0:
         raise ValueError(f"lr must be > 0; got {lr}")
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+        return torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM)
     raise ValueError(f"optimizer must be 'adam' or 'sgd'; got {name!r}")
 
 
