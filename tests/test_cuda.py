@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import manifold_mixup as mm
+from conftest import Residual as _Residual, data
 from manifold_mixup.ensemble import EnsembleConfig, MemberSpec, predict_ensemble, to_sequential, train_ensemble
 from manifold_mixup.toy import spiral
 
@@ -39,22 +40,12 @@ def _exact_float32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-class Residual(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Linear(4, 16)
-        self.block = nn.Sequential(nn.Linear(16, 16), nn.Tanh())
-        self.head = nn.Linear(16, 3)
-
-    def forward(self, x):
-        h = torch.relu(self.stem(x))
-        h = h + self.block(h)
-        return self.head(h)
+def Residual():
+    return _Residual(width=16)
 
 
 def _data(b=32, seed=0, d=4, k=3):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, d, generator=g), torch.randint(0, k, (b,), generator=g)
+    return data(b, seed, d, k)
 
 
 def _close(a, b, tol=1e-5):

@@ -5,26 +5,7 @@ import torch
 from torch import nn
 
 import manifold_mixup as mm
-
-
-class Residual(nn.Module):
-    """A residual network with a branch: stem -> block (x + f(x)) -> head."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Linear(4, 8)
-        self.block = nn.Sequential(nn.Linear(8, 8), nn.Tanh())
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x):
-        h = torch.relu(self.stem(x))
-        h = h + self.block(h)
-        return self.head(h)
-
-
-def _data(b=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, 4, generator=g), torch.randint(0, 3, (b,), generator=g)
+from conftest import Residual, data as _data
 
 
 def test_mixed_forward_equals_hand_computation_on_residual_network():
