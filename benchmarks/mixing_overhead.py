@@ -384,9 +384,11 @@ def pick_backend(requested: str) -> tuple[str, str | None]:
         return "aot_eager", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
 
 
-def dynamo_graphs() -> int | None:
+def dynamo_counts() -> tuple[int, int] | None:
+    """(graphs compiled, graph breaks) so far, from torch._dynamo's counters (None where absent)."""
     try:
-        return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+        counters = torch._dynamo.utils.counters
+        return int(counters["stats"]["unique_graphs"]), int(sum(counters["graph_break"].values()))
     except Exception:
         return None
 
@@ -408,11 +410,12 @@ def run_case(case: Case, a: argparse.Namespace, device: torch.device, order: ran
     if a.reference:
         for ref, (method, step) in reference_steps(case, opt).items():
             steps[ref], twins[method] = step, ref
+    start = dynamo_counts()
     first, warm = {}, {}
     for m, s in steps.items():
         ts = [timed(s, device) for _ in range(a.warmup)]
         first[m], warm[m] = ts[0], min(ts)
-    graphs = dynamo_graphs()
+    warmed = dynamo_counts()
     rounds = max(a.min_rounds, int(a.seconds / sum(warm.values())))
     times = {m: [] for m in steps}
     for _ in range(rounds):
@@ -441,10 +444,13 @@ def run_case(case: Case, a: argparse.Namespace, device: torch.device, order: ran
             "torch": torch.__version__, **case.info,
         })
         if "compile_backend" in case.info:
-            after = dynamo_graphs()
+            end = dynamo_counts()
             row.update({"warmup_steps": a.warmup, "warmup_first_step_s": round(first[m], 3),
-                        "erm_warmup_first_step_s": round(first["erm"], 3),
-                        "graphs_compiled_while_timed": None if graphs is None or after is None else after - graphs})
+                        "erm_warmup_first_step_s": round(first["erm"], 3)})
+            if None not in (start, warmed, end):
+                row.update({"graphs_compiled_in_warmup": warmed[0] - start[0],
+                            "graphs_compiled_while_timed": end[0] - warmed[0],
+                            "graph_breaks": end[1] - start[1]})
         rows.append(row)
     return rows
 
