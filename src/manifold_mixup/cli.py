@@ -1,136 +1,236 @@
-"""The ``manifold-mixup`` command: thin wrappers that map flags onto study configs."""
+"""The ``manifold-mixup`` command: thin wrappers that map flags onto study configs.
+
+Every flag defaults to None and, when given, replaces one field of the study's config (a frozen
+dataclass, or a preset of one); the defaults live there only, and ``--help`` shows them.
+Anything a user can cause (a bad setting, a path that cannot be written, a full disk, a folder
+in use, Ctrl-C) ends in one line on stderr and a non-zero exit; finished shards are kept.
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
+import os
 import sys
-import time
-from pathlib import Path
 
 __all__ = ["main"]
 
+# Threads of torch's OpenMP pool sleep at once when they run out of work instead of spinning:
+# two multi-threaded torch processes on the same cores then stop stalling each other (see
+# BENCHMARKS.md, "Under load"). Set before torch is imported; an explicit setting wins.
+THREADING_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
-def _add_executor(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--executor", choices=["local", "ray"], default="local", help="run shards in-process or as Ray tasks")
+# (flag, config field, type, nargs, metavar, meaning)
+_DEPTH_FLAGS = [
+    ("--problems-per-k", "problems_per_k", int, None, "N", "toy problems per number of classes K"),
+    ("--ks", "ks", int, "+", "K", "numbers of classes, e.g. 2 3 4 5"),
+    ("--components", "components", int, None, "N", "Gaussian components per class"),
+    ("--mean-range", "mean_range", float, 2, ("LO", "HI"), "range the component means are drawn from"),
+    ("--sigma-range", "sigma_range", float, 2, ("LO", "HI"), "range the shared sigma is drawn from (0 < LO < HI)"),
+    ("--n-train", "n_train", int, None, "N", "training samples per problem (a multiple of the batch size)"),
+    ("--hidden", "hidden", int, "+", "W", "hidden widths of the MLP, e.g. 512 512 512"),
+    ("--epochs", "epochs", int, None, "E", "training epochs"),
+    ("--batch-size", "batch_size", int, None, "B", "mini-batch size"),
+    ("--lr", "lr", float, None, "LR", "learning rate"),
+    ("--optimizer", "optimizer", str, None, "{adam,sgd}", "optimiser"),
+    ("--alpha", "alpha", float, None, "A", "mixing strength: lambda ~ Beta(A, A), 0 < A <= 1e6"),
+    ("--methods", "methods", str, "+", "M", "methods: baseline (ERM) and k0 (input) .. k<depth>"),
+    ("--grid-resolution", "grid_resolution", int, None, "R", "quadrature cells along the longer side (8..4096)"),
+    ("--mmlb-samples", "mmlb_samples", int, None, "S", "Monte Carlo samples of the MMLB"),
+    ("--problems-per-shard", "problems_per_shard", int, None, "N", "problems per shard (unit of resumption)"),
+    ("--seed", "seed", int, None, "S", "seed of every problem, data set, initialisation and plan"),
+]
+_CONFMIX_FLAGS = [
+    ("--dataset", "dataset", str, None, "{digits,cifar10}", "image data set"),
+    ("--data-dir", "data_dir", str, None, "DIR", "local CIFAR-10 folder or archive (cifar10 only)"),
+    ("--train-fraction", "train_fraction", float, None, "F", "stratified share of the training images, in (0, 1]"),
+    ("--min-steps-per-epoch", "min_steps_per_epoch", int, None, "S",
+     "the batch shrinks to n_train // S when needed, so that an epoch has >= S steps"),
+    ("--seeds", "seeds", int, None, "N", "seeds per method (paired comparisons)"),
+    ("--epochs", "epochs", int, None, "E", "training epochs"),
+    ("--batch-size", "batch_size", int, None, "B", "mini-batch size"),
+    ("--lr", "lr", float, None, "LR", "learning rate"),
+    ("--optimizer", "optimizer", str, None, "{adam,sgd}", "optimiser"),
+    ("--alpha", "alpha", float, None, "A", "alpha of fixed-alpha mixup"),
+    ("--warmup-epochs", "warmup_epochs", int, None, "M", "ConfMix's epochs of plain ERM first"),
+    ("--half-life", "half_life", float, None, "H", "half-life of the alpha ramps, epochs"),
+    ("--confidence", "confidence", str, None, "{fresh,cached}", "ConfMix's confidence: a fresh forward or last epoch's"),
+    ("--methods", "methods", str, "+", "M", "methods: erm, {input,manifold}-{mixup,confmix,half-confmix,ramp-up,ramp-down}"),
+    ("--seed", "seed", int, None, "S", "seed of the split, the subset, the initial weights and the data order"),
+    ("--device", "device", str, None, "DEV", "cpu, cuda, cuda:N or auto"),
+]
+_SPIRAL_FLAGS = [
+    ("--n", "n", int, None, "N", "spiral points"),
+    ("--noise", "noise", float, None, "S", "noise of the spiral points"),
+    ("--hidden", "hidden", int, "+", "W", "hidden widths of the MLP"),
+    ("--epochs", "epochs", int, None, "E", "training epochs"),
+    ("--batch-size", "batch_size", int, None, "B", "mini-batch size"),
+    ("--lr", "lr", float, None, "LR", "learning rate"),
+    ("--alpha", "alpha", float, None, "A", "mixing strength: lambda ~ Beta(A, A)"),
+    ("--resolution", "resolution", int, None, "R", "pixels per side of each decision-region panel"),
+    ("--seed", "seed", int, None, "S", "seed of the data, the initial weights and the data order"),
+]
+
+
+def _fmt(v) -> str:
+    return " ".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
+
+
+def _add_flags(p, flags, defaults: dict) -> None:
+    """One flag per config field, default None; the help names the config's default(s).
+    ``defaults``: {label: config} (several for presets)."""
+    for flag, field, typ, nargs, metavar, meaning in flags:
+        shown = {label: _fmt(getattr(cfg, field)) for label, cfg in defaults.items()}
+        if len(set(shown.values())) == 1:
+            default = next(iter(shown.values()))
+        else:
+            default = ", ".join(f"{label}: {v}" for label, v in shown.items())
+        kw = {"choices": None}
+        if isinstance(metavar, str) and metavar.startswith("{"):
+            kw["choices"] = metavar[1:-1].split(",")
+        p.add_argument(flag, dest=field, type=typ, nargs=nargs, metavar=metavar, default=None,
+                       help=f"{meaning} (default: {default})".replace("%", "%%"), **kw)
+
+
+def _apply(base, a, flags):
+    """``base`` with every given flag's value (tuples for list flags)."""
+    from dataclasses import replace
+
+    over = {}
+    for _, field, _, nargs, _, _ in flags:
+        v = getattr(a, field)
+        if v is not None:
+            over[field] = tuple(v) if nargs is not None else v
+    return replace(base, **over)
+
+
+def _add_executor(p) -> None:
+    p.add_argument("--executor", choices=["local", "ray"], default="local", help="run shards in-process or as Ray tasks (default: local)")
     p.add_argument("--address", default=None, help="Ray cluster address (host:port, ray://host:port or auto)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="manifold-mixup", description=__doc__)
+def _parser():
+    import argparse
+
+    from .studies.confmix import ConfMixStudyConfig
+    from .studies.depth import PRESETS
+    from .studies.spiral import SpiralConfig
+
+    ap = argparse.ArgumentParser(prog="manifold-mixup", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("depth-study", help="Table 1 and Figures 2-3: excess risk of mixing at each depth on toy problems")
-    d.add_argument("--preset", choices=["quick", "paper"], default="quick")
-    d.add_argument("--out", required=True, type=Path)
-    d.add_argument("--problems-per-k", type=int)
-    d.add_argument("--ks", type=int, nargs="+", help="numbers of classes, e.g. 2 3 4 5")
-    d.add_argument("--components", type=int, help="Gaussian components per class (N)")
-    d.add_argument("--mean-range", type=float, nargs=2, metavar=("LO", "HI"))
-    d.add_argument("--sigma-range", type=float, nargs=2, metavar=("LO", "HI"))
-    d.add_argument("--n-train", type=int)
-    d.add_argument("--hidden", type=int, nargs="+", help="hidden widths, e.g. 512 512 512")
-    d.add_argument("--epochs", type=int)
-    d.add_argument("--batch-size", type=int)
-    d.add_argument("--lr", type=float)
-    d.add_argument("--optimizer", choices=["adam", "sgd"])
-    d.add_argument("--alpha", type=float)
-    d.add_argument("--methods", nargs="+", help="baseline k0 k1 k2 k3")
-    d.add_argument("--grid-resolution", type=int)
-    d.add_argument("--mmlb-samples", type=int)
-    d.add_argument("--problems-per-shard", type=int)
-    d.add_argument("--seed", type=int)
-    d.add_argument("--device", default="cpu")
+    d.add_argument("--preset", choices=list(PRESETS), default="quick", help="the settings every flag below replaces (default: quick)")
+    d.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
+    _add_flags(d, _DEPTH_FLAGS, PRESETS)
+    d.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     _add_executor(d)
 
     c = sub.add_parser("confmix-study", help="Table 2: ConfMix, ramps and mixup on images, several seeds")
-    c.add_argument("--dataset", choices=["digits", "cifar10"], default="digits")
-    c.add_argument("--data-dir", default=None, help="local CIFAR-10 directory or archive (cifar10 only)")
-    c.add_argument("--seeds", type=int, default=5)
-    c.add_argument("--epochs", type=int, default=50)
-    c.add_argument("--batch-size", type=int, default=250)
-    c.add_argument("--lr", type=float, default=1e-3)
-    c.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    c.add_argument("--alpha", type=float, default=0.5)
-    c.add_argument("--warmup-epochs", type=int, default=5)
-    c.add_argument("--half-life", type=float, default=25.0)
-    c.add_argument("--confidence", choices=["fresh", "cached"], default="fresh")
-    c.add_argument("--methods", nargs="+", default=None)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--out", required=True, type=Path)
-    c.add_argument("--device", default="cpu")
+    c.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
+    _add_flags(c, _CONFMIX_FLAGS, {"": ConfMixStudyConfig()})
     _add_executor(c)
 
     s = sub.add_parser("spiral-figure", help="Figure 1: decision regions on a two-arm spiral, ERM and mixing at each depth")
-    s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--epochs", type=int, default=200)
-    s.add_argument("--alpha", type=float, default=0.5)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="output folder for spiral.png")
+    _add_flags(s, _SPIRAL_FLAGS, {"": SpiralConfig()})
 
     f = sub.add_parser("figure2", help="Figure 2: one toy problem (K = 3, N = 5), samples and Bayes regions, as PNG")
-    f.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--out", required=True, help="PNG file to write")
+    f.add_argument("--seed", type=int, default=0, help="seed of the problem (seed + 1 draws the samples) (default: 0)")
     return ap
 
 
-def _depth(a: argparse.Namespace) -> dict:
-    from .studies.depth import preset, run_depth_study
+def _depth(a) -> dict:
+    from .studies.depth import PRESETS, run_depth_study
 
-    over = {name: getattr(a, name) for name in (
-        "problems_per_k", "components", "n_train", "epochs", "batch_size", "lr", "optimizer", "alpha",
-        "grid_resolution", "mmlb_samples", "problems_per_shard", "seed")}
-    for name in ("ks", "mean_range", "sigma_range", "hidden", "methods"):
-        v = getattr(a, name)
-        over[name] = tuple(v) if v is not None else None
-    cfg = preset(a.preset, **over)
+    cfg = _apply(PRESETS[a.preset], a, _DEPTH_FLAGS)
     res = run_depth_study(cfg, a.out, executor=a.executor, address=a.address, device=a.device, progress=not a.no_progress)
     return {m: round(v["excess_pp"], 3) for m, v in res["table1"].items()}
 
 
-def _confmix(a: argparse.Namespace) -> dict:
-    from .studies.confmix import METHODS, ConfMixStudyConfig, run_confmix_study
+def _confmix(a) -> dict:
+    from .studies.confmix import ConfMixStudyConfig, run_confmix_study
 
-    cfg = ConfMixStudyConfig(
-        dataset=a.dataset, data_dir=a.data_dir, seeds=a.seeds, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-        optimizer=a.optimizer,
-        alpha=a.alpha, warmup_epochs=a.warmup_epochs, half_life=a.half_life, confidence=a.confidence,
-        methods=tuple(a.methods) if a.methods else METHODS, seed=a.seed, device=a.device,
-    )
+    cfg = _apply(ConfMixStudyConfig(), a, _CONFMIX_FLAGS)
     res = run_confmix_study(cfg, a.out, executor=a.executor, address=a.address, progress=not a.no_progress)
     return {m: round(v["mean"], 2) for m, v in res["table"].items()}
 
 
-def _spiral(a: argparse.Namespace) -> dict:
+def _spiral(a) -> dict:
     from .studies.spiral import SpiralConfig, run_spiral_figure
 
-    return run_spiral_figure(SpiralConfig(epochs=a.epochs, alpha=a.alpha, seed=a.seed), a.out)["train_accuracy"]
+    return run_spiral_figure(_apply(SpiralConfig(), a, _SPIRAL_FLAGS), a.out)["train_accuracy"]
 
 
-def _figure2(a: argparse.Namespace) -> dict:
+def _figure2(a) -> dict:
     from .plots import figure2
+    from .studies.report import check_int
 
+    check_int("seed", a.seed, 0, 2**32 - 2)
     figure2(a.out, seed=a.seed)
     return {"written": str(a.out)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    run = {"depth-study": _depth, "confmix-study": _confmix, "spiral-figure": _spiral, "figure2": _figure2}[args.command]
-    from .shards import StudyMismatchError
+def _os_message(e: OSError) -> str:
+    """One line for an OSError: the path, what went wrong, and what to do."""
+    import errno
 
-    t0 = time.perf_counter()
+    where = f"{e.filename}: " if e.filename else ""
+    what = e.strerror or str(e)
+    todo = {
+        errno.ENOSPC: "free some space and rerun the same command to resume (finished shards are kept)",
+        errno.EDQUOT: "free some space and rerun the same command to resume (finished shards are kept)",
+        errno.EROFS: "choose a writable --out",
+        errno.EACCES: "choose a --out you may write to",
+        errno.EPERM: "choose a --out you may write to",
+        errno.ENOTDIR: "choose another --out (a folder, or a path that does not exist yet)",
+        errno.EEXIST: "choose another --out",
+        errno.EISDIR: "give a file name, not a folder",
+    }.get(e.errno)
+    if isinstance(e, ConnectionError) or e.errno is None:
+        return str(e)
+    return f"{where}{what}" + (f"; {todo}" if todo else "")
+
+
+def _one_line_warnings(command: str) -> None:
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"manifold-mixup {command}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
+def main(argv: list[str] | None = None) -> int:
+    for k, v in THREADING_ENV.items():
+        os.environ.setdefault(k, v)
+    command = "command"
     try:
-        result = run(args)
-    except (ValueError, StudyMismatchError, ConnectionError, FileNotFoundError, ImportError) as e:
-        print(f"manifold-mixup {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        import json
+        import time
+
+        parser = _parser()
+        args = parser.parse_args(argv)
+        command = args.command
+        _one_line_warnings(command)
+        from .shards import StudyMismatchError
+
+        run = {"depth-study": _depth, "confmix-study": _confmix, "spiral-figure": _spiral, "figure2": _figure2}[command]
+        t0 = time.perf_counter()
+        try:
+            result = run(args)
+        except OSError as e:
+            print(f"manifold-mixup {command}: error: {_os_message(e)}", file=sys.stderr)
+            return 2
+        except (ValueError, StudyMismatchError, ImportError) as e:
+            print(f"manifold-mixup {command}: error: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps({"command": command, "seconds": round(time.perf_counter() - t0, 1), "result": result}))
+        return 0
     except KeyboardInterrupt:
-        print(f"manifold-mixup {args.command}: interrupted; finished shards are kept, rerun the same command to resume",
+        print(f"manifold-mixup {command}: interrupted; finished shards are kept, rerun the same command to resume",
               file=sys.stderr)
         return 130
-    print(json.dumps({"command": args.command, "seconds": round(time.perf_counter() - t0, 1), "result": result}))
-    return 0
 
 
 if __name__ == "__main__":

@@ -185,6 +185,31 @@ def _make_dataset(
     )
 
 
+def _check_fraction(train_fraction: object) -> float:
+    if isinstance(train_fraction, bool) or not isinstance(train_fraction, (int, float, np.floating)) or not (
+        0.0 < float(train_fraction) <= 1.0
+    ):
+        raise ValueError(f"train_fraction must be a number in (0, 1]; got {train_fraction!r}")
+    return float(train_fraction)
+
+
+def _train_subset(y: np.ndarray, train_fraction: float, seed: int, num_classes: int) -> np.ndarray:
+    """Indices of a stratified subset of ``train_fraction`` of the training rows (all, in order,
+    at 1.0): each class keeps its share, up to one row; drawn from ``seed``."""
+    if train_fraction >= 1.0:
+        return np.arange(len(y))
+    from sklearn.model_selection import train_test_split
+
+    keep = int(round(train_fraction * len(y)))
+    if keep < num_classes:
+        raise ValueError(
+            f"train_fraction {train_fraction} keeps {keep} of {len(y)} training images, fewer than the "
+            f"{num_classes} classes; use a larger fraction"
+        )
+    idx, _ = train_test_split(np.arange(len(y)), train_size=keep, random_state=seed, shuffle=True, stratify=y)
+    return np.sort(idx)
+
+
 def _check_seed(seed: object) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (
         0 <= int(seed) < 2**32
@@ -196,12 +221,15 @@ def _check_seed(seed: object) -> int:
 # ---------------------------------------------------------------------------- digits
 
 
-def load_digits(seed: int = 0, test_fraction: float = 0.25) -> ImageDataset:
+def load_digits(seed: int = 0, test_fraction: float = 0.25, train_fraction: float = 1.0) -> ImageDataset:
     """scikit-learn's bundled 8x8 digits (1797 images, 10 classes), split stratified.
 
     Args:
-        seed: seed of the stratified train/test split (same seed, same split).
+        seed: seed of the stratified train/test split (same seed, same split) and of the
+            training subset.
         test_fraction: share of the images in the test split, in ``(0, 1)``.
+        train_fraction: share of the training split kept, in ``(0, 1]``: a stratified subset
+            (the test split does not change); normalised with the subset's own statistics.
 
     Returns:
         ImageDataset with x ``[n, 1, 8, 8]`` float32 (normalised with the training
@@ -217,6 +245,7 @@ def load_digits(seed: int = 0, test_fraction: float = 0.25) -> ImageDataset:
         raise ValueError(
             f"test_fraction must be a float strictly between 0 and 1; got {test_fraction!r}"
         )
+    train_fraction = _check_fraction(train_fraction)
     bunch = _sk_load_digits()
     x = np.asarray(bunch.data, dtype=np.float64).reshape(-1, 1, 8, 8)
     y = np.asarray(bunch.target, dtype=np.int64)
@@ -227,6 +256,7 @@ def load_digits(seed: int = 0, test_fraction: float = 0.25) -> ImageDataset:
         shuffle=True,
         stratify=y,
     )
+    idx_train = idx_train[_train_subset(y[idx_train], train_fraction, seed, 10)]
     return _make_dataset(
         x[idx_train], y[idx_train], x[idx_test], y[idx_test], num_classes=10, name="digits"
     )
@@ -235,8 +265,25 @@ def load_digits(seed: int = 0, test_fraction: float = 0.25) -> ImageDataset:
 # ---------------------------------------------------------------------------- CIFAR-10
 
 
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """``_codecs.encode`` as protocol 2 uses it for bytes written by Python 3: latin-1 only."""
+    if encoding != "latin1" or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}: only 'latin1' rebuilds bytes")
+    return text.encode("latin1")
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the numpy globals the official CIFAR-10 files use.
+    """Unpickler that resolves only the globals a numpy array needs under protocols 2 to 5.
+
+    Each allowed global, and why:
+
+    * ``numpy.core.multiarray._reconstruct`` (``numpy._core`` since numpy 2): protocols 2-4
+      rebuild an ndarray through it (with ``ndarray.__setstate__``);
+    * ``numpy.ndarray`` and ``numpy.dtype``: the array's class and its element type;
+    * ``numpy.core.numeric._frombuffer`` (``numpy._core`` since numpy 2): protocol 5 rebuilds an
+      array from its raw buffer;
+    * ``_codecs.encode``, restricted to latin-1 text: protocol 2 written by Python 3 rebuilds
+      ``bytes`` (the raw pixels and the dict keys) through it.
 
     Everything else (``os.system``, ``builtins.eval``, any class) is refused with
     :class:`pickle.UnpicklingError` naming the global, so a malicious file cannot run code.
@@ -245,13 +292,18 @@ class _RestrictedUnpickler(pickle.Unpickler):
     @staticmethod
     def _allowed() -> dict[tuple[str, str], object]:
         core = getattr(np, "_core", None)
-        multiarray = core.multiarray if core is not None else np.core.multiarray
-        reconstruct = multiarray._reconstruct
+        if core is None:  # pragma: no cover - numpy < 2
+            core = np.core
+        reconstruct = core.multiarray._reconstruct
+        frombuffer = core.numeric._frombuffer
         return {
             ("numpy.core.multiarray", "_reconstruct"): reconstruct,
             ("numpy._core.multiarray", "_reconstruct"): reconstruct,
+            ("numpy.core.numeric", "_frombuffer"): frombuffer,
+            ("numpy._core.numeric", "_frombuffer"): frombuffer,
             ("numpy", "ndarray"): np.ndarray,
             ("numpy", "dtype"): np.dtype,
+            ("_codecs", "encode"): _latin1_bytes,
         }
 
     def find_class(self, module: str, name: str) -> object:
@@ -334,10 +386,30 @@ def _check_labels(path: Path, labels: np.ndarray) -> None:
         )
 
 
+def _kind(path: Path) -> str:
+    """What a path that is neither a regular file nor a folder is, in words."""
+    import stat
+
+    mode = path.stat().st_mode
+    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _refuse_non_regular(path: Path) -> None:
+    """A path that exists (through links) but is no regular file or folder is refused by name."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise ValueError(f"{path} is {_kind(path)}, not a regular file or folder; give the CIFAR-10 files themselves")
+
+
 def _check_files(folder: Path, fmt: str) -> list[Path]:
     """Check that ``folder`` holds every batch file of format ``fmt`` with a sane size."""
     train, test = _FORMAT_FILES[fmt]
     names = train + test
+    for n in names:
+        _refuse_non_regular(folder / n)
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         raise FileNotFoundError(
@@ -428,6 +500,7 @@ def _locate_cifar10(
     data_dir: Path, cache_dir: Path | None, checksums: Mapping[str, str]
 ) -> tuple[Path, str]:
     """Find the folder holding the CIFAR-10 batches and its format (folder name)."""
+    _refuse_non_regular(data_dir)
     if data_dir.is_file():
         cache = cache_dir if cache_dir is not None else data_dir.parent / "extracted"
         fmt = _verify_archive(data_dir, checksums)
@@ -469,6 +542,8 @@ def load_cifar10(
     data_dir: str | os.PathLike[str],
     cache_dir: str | os.PathLike[str] | None = None,
     checksums: Mapping[str, str] | None = None,
+    train_fraction: float = 1.0,
+    seed: int = 0,
 ) -> ImageDataset:
     """CIFAR-10 read from local files (never downloaded); official 50k/10k split.
 
@@ -492,6 +567,9 @@ def load_cifar10(
             ``extracted/`` next to the archive when ``data_dir`` is the archive.
         checksums: archive file name -> expected MD5 hex digest; default
             :data:`CIFAR10_MD5`, the published digests (tests may inject their own).
+        train_fraction: share of the 50,000 training images kept, in ``(0, 1]``: a stratified
+            subset drawn from ``seed`` (the test set does not change).
+        seed: seed of that subset (unused at 1.0).
 
     Returns:
         ImageDataset with x ``[n, 3, 32, 32]`` float32 normalised with the training split's
@@ -504,6 +582,8 @@ def load_cifar10(
     """
     if data_dir is None:
         raise ValueError("data_dir is required for CIFAR-10: a folder or archive path")
+    train_fraction = _check_fraction(train_fraction)
+    seed = _check_seed(seed)
     table = CIFAR10_MD5 if checksums is None else checksums
     folder, fmt = _locate_cifar10(
         Path(data_dir), None if cache_dir is None else Path(cache_dir), table
@@ -516,6 +596,9 @@ def load_cifar10(
     y_train = np.concatenate([b[1] for b in batches[:n_train]])
     x_test = np.concatenate([b[0] for b in batches[n_train:]])
     y_test = np.concatenate([b[1] for b in batches[n_train:]])
+    keep = _train_subset(y_train, train_fraction, seed, _CIFAR_CLASSES)
+    if len(keep) < len(y_train):
+        x_train, y_train = x_train[keep], y_train[keep]
     return _make_dataset(x_train, y_train, x_test, y_test, num_classes=10, name="cifar10")
 
 
@@ -523,21 +606,28 @@ def load_cifar10(
 
 
 def load_dataset(
-    name: str, data_dir: str | os.PathLike[str] | None = None, seed: int = 0
+    name: str, data_dir: str | os.PathLike[str] | None = None, seed: int = 0, train_fraction: float = 1.0
 ) -> ImageDataset:
     """Load a data set by name.
 
     Args:
         name: one of :data:`DATASETS` (``"digits"``, ``"cifar10"``), case-insensitive.
-        data_dir: required for ``"cifar10"`` (see :func:`load_cifar10`); unused otherwise.
-        seed: split seed for ``"digits"``; CIFAR-10 uses its fixed official split.
+        data_dir: required for ``"cifar10"`` (see :func:`load_cifar10`); refused for ``"digits"``
+            (scikit-learn bundles it: a folder given there would be silently ignored).
+        seed: split seed for ``"digits"`` (CIFAR-10 uses its fixed official split) and the seed
+            of the training subset.
+        train_fraction: share of the training images kept, in ``(0, 1]``, stratified by class;
+            the test set does not change.
 
     Returns:
         ImageDataset, x float32 ``[n, C, H, W]``, y int64 ``[n]``.
     """
     key = name.strip().lower() if isinstance(name, str) else name
     if key == "digits":
-        return load_digits(seed=seed)
+        if data_dir is not None:
+            raise ValueError(f"data_dir {str(data_dir)!r} is only used with dataset 'cifar10'; digits are bundled "
+                             "with scikit-learn (leave it out)")
+        return load_digits(seed=seed, train_fraction=train_fraction)
     if key == "cifar10":
         if data_dir is None:
             raise ValueError(
@@ -545,5 +635,5 @@ def load_dataset(
                 f"{_BIN_FOLDER}/ or {_PY_FOLDER}/ or an official archive (nothing is "
                 "downloaded)"
             )
-        return load_cifar10(data_dir)
+        return load_cifar10(data_dir, train_fraction=train_fraction, seed=seed)
     raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")

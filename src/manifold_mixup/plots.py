@@ -35,10 +35,16 @@ def class_colours(num_classes: int) -> tuple[list, list]:
 
 
 def _save(fig: Figure, path: "str | os.PathLike", dpi: int) -> Path:
+    """Render to memory, then write atomically (a killed run never leaves a half-written PNG)."""
+    import io
+
+    from .shards import write_atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=dpi, format="png")
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    write_atomic(path, buf.getvalue())
     return path
 
 

@@ -17,11 +17,12 @@ import torch
 
 from ..data import DATASETS, load_dataset
 from ..models import PAPER_CNN_MIX_LAYER, paper_cnn
-from ..policies import AlphaPolicy, ConfMix, Constant, RampDown, RampUp
-from ..shards import Shard, ShardStore, run_shards, write_atomic
+from ..policies import AlphaPolicy, ConfMix, Constant, HalfConfMix, RampDown, RampUp
+from ..shards import Shard, run_study, write_atomic
 from ..stats import mean_interval
 from ..train import train_classifier
 from ..devices import resolve_device
+from .report import ALPHA_MAX, check_choices, check_int, check_real, check_unique
 
 __all__ = ["ConfMixStudyConfig", "METHODS", "PAPER_TABLE2", "run_confmix_study", "method_policy"]
 
@@ -41,7 +42,14 @@ PAPER_TABLE2 = {
 
 @dataclass(frozen=True)
 class ConfMixStudyConfig:
-    """Settings of the Table 2 study (paper defaults: 50 epochs, batch 250, M = 5, h = 25)."""
+    """Settings of the Table 2 study (paper defaults: 50 epochs, batch 250, M = 5, h = 25).
+
+    ``train_fraction`` < 1 trains on a stratified subset of the training images (drawn from
+    ``seed``; the test set is the same), and the batch becomes ``min(batch_size, n_train //
+    min_steps_per_epoch)`` so that an epoch still has at least ``min_steps_per_epoch`` steps:
+    the comparison then measures scarce data, not fewer optimisation steps. At full data on
+    digits (1347 training images) the batch stays 250.
+    """
 
     dataset: str = "digits"
     data_dir: str | None = None
@@ -57,22 +65,34 @@ class ConfMixStudyConfig:
     methods: tuple[str, ...] = METHODS
     seed: int = 0
     device: str = "cpu"
+    train_fraction: float = 1.0
+    min_steps_per_epoch: int = 5
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
+        if self.data_dir is not None and self.dataset != "cifar10":
+            raise ValueError(f"data_dir {self.data_dir!r} is only used with dataset 'cifar10' (digits are bundled "
+                             "with scikit-learn); leave it out")
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"unknown method(s) {bad}; valid methods: {list(METHODS)}")
         if "erm" not in self.methods:
             raise ValueError("methods must include 'erm', the baseline every method is compared with")
-        for name in ("seeds", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd'; got {self.optimizer!r}")
-        if self.confidence not in ("fresh", "cached"):
-            raise ValueError(f"confidence must be 'fresh' or 'cached'; got {self.confidence!r}")
+        check_unique("methods", self.methods)
+        for name in ("seeds", "epochs", "min_steps_per_epoch"):
+            check_int(name, getattr(self, name), 1)
+        check_int("batch_size", self.batch_size, 2)  # mixing pairs rows
+        check_int("seed", self.seed, 0, 2**32 - 1)
+        check_real("warmup_epochs", self.warmup_epochs, 0)
+        check_real("lr", self.lr, 0, low_open=True)
+        check_real("alpha", self.alpha, 0, ALPHA_MAX, low_open=True)
+        check_real("half_life", self.half_life, 0, low_open=True)
+        check_real("train_fraction", self.train_fraction, 0, 1, low_open=True)
+        check_choices("optimizer", self.optimizer, ("adam", "sgd"))
+        check_choices("confidence", self.confidence, ("fresh", "cached"))
+        if not isinstance(self.device, str):
+            raise ValueError(f"device must be a string such as 'cpu' or 'cuda'; got {self.device!r}")
 
     def settings(self) -> dict:
         """What the results depend on (the device is left out: a study may resume elsewhere)."""
@@ -80,6 +100,19 @@ class ConfMixStudyConfig:
         d.pop("device")
         d["methods"] = list(self.methods)
         return d
+
+    def batch_for(self, n_train: int) -> int:
+        """The batch actually used with ``n_train`` training images (see the class docstring)."""
+        return max(2, min(self.batch_size, n_train // self.min_steps_per_epoch))
+
+    def load(self):
+        """The data set under these settings (the same for every shard of the study)."""
+        data = load_dataset(self.dataset, self.data_dir, seed=self.seed, train_fraction=self.train_fraction)
+        n = data.x_train.shape[0]
+        if n // self.min_steps_per_epoch < 2:
+            raise ValueError(f"train_fraction {self.train_fraction} leaves {n} training images: too few for "
+                             f"{self.min_steps_per_epoch} steps of at least 2 images per epoch")
+        return data
 
 
 def method_policy(method: str, cfg: ConfMixStudyConfig) -> tuple[str | None, AlphaPolicy | None]:
@@ -91,7 +124,7 @@ def method_policy(method: str, cfg: ConfMixStudyConfig) -> tuple[str | None, Alp
     policy: AlphaPolicy = {
         "mixup": lambda: Constant(cfg.alpha),
         "confmix": lambda: ConfMix(cfg.warmup_epochs, confidence=cfg.confidence),
-        "half-confmix": lambda: ConfMix(cfg.warmup_epochs, half=True, confidence=cfg.confidence),
+        "half-confmix": lambda: HalfConfMix(cfg.warmup_epochs, confidence=cfg.confidence),
         "ramp-up": lambda: RampUp(cfg.half_life),
         "ramp-down": lambda: RampDown(cfg.half_life),
     }[kind]()
@@ -103,17 +136,17 @@ def train_one(payload: dict) -> list[dict]:
     cfg = ConfMixStudyConfig(**{**payload["config"], "methods": tuple(payload["config"]["methods"])})
     method, seed = payload["method"], payload["seed"]
     device = resolve_device(cfg.device)
-    data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+    data = cfg.load()
     init_seed, order_seed = (int(s) for s in np.random.SeedSequence([cfg.seed, seed]).generate_state(2))
-    with torch.random.fork_rng(devices=[]):  # the initial weights: one per seed, shared by all methods
-        torch.manual_seed(init_seed)
-        model = paper_cnn(data.image_shape, data.num_classes).to(device)
+    # the initial weights: one per seed, shared by all methods; no global random state is used
+    model = paper_cnn(data.image_shape, data.num_classes, generator=torch.Generator().manual_seed(init_seed)).to(device)
     layer, policy = method_policy(method, cfg)
     gen = torch.Generator().manual_seed(order_seed)  # data order (and the mixing stream's seed)
     res = train_classifier(
         model, data.x_train.to(device), data.y_train.to(device),
         layers=layer, alpha=policy if policy is not None else 0.0,
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
+        epochs=cfg.epochs, batch_size=cfg.batch_for(data.x_train.shape[0]),
+        lr=cfg.lr, optimizer=cfg.optimizer,
         generator=gen, x_test=data.x_test.to(device), y_test=data.y_test.to(device), num_classes=data.num_classes,
     )
     return [{
@@ -128,20 +161,28 @@ def shards_for(cfg: ConfMixStudyConfig) -> list[Shard]:
     return [Shard(f"{m}-seed{s:03d}", {"config": config, "method": m, "seed": s}) for s in range(cfg.seeds) for m in cfg.methods]
 
 
+def _steps(cfg: ConfMixStudyConfig, n_train: int) -> int:
+    """Optimisation steps per epoch (``train_classifier`` keeps a last partial batch of >= 2 rows)."""
+    b = cfg.batch_for(n_train)
+    return n_train // b + (n_train % b >= 2)
+
+
 def _confmix_never_on(cfg: ConfMixStudyConfig) -> bool:
     return cfg.epochs <= cfg.warmup_epochs and any(m.endswith("confmix") for m in cfg.methods)
 
 
-def summarise(cfg: ConfMixStudyConfig, rows: list[dict]) -> tuple[str, dict]:
-    """Table 2 as markdown (mean accuracy change over ERM with 95% t-intervals across seeds)."""
+def summarise(cfg: ConfMixStudyConfig, rows: list[dict], n_train: int | None = None) -> tuple[str, dict]:
+    """Table 2 as markdown (mean accuracy change over ERM with 95% t-intervals across seeds).
+    ``n_train``: training images used (states the subset and the batch chosen for it)."""
     acc = {(r["method"], r["seed"]): 100 * r["test_acc"] for r in rows}
     erm = [acc[("erm", s)] for s in range(cfg.seeds)]
     base = mean_interval(erm)
     table = {}
     seeds = f"{cfg.seeds} seed{'s' if cfg.seeds != 1 else ''}"
     base_ci = "no interval from one seed" if math.isnan(base.low) else f"95% interval {base.low:.2f} to {base.high:.2f}"
+    batch = cfg.batch_size if n_train is None else cfg.batch_for(n_train)
     lines = [
-        f"# Table 2: mixing methods on {cfg.dataset} ({seeds}, {cfg.epochs} epochs, batch {cfg.batch_size})",
+        f"# Table 2: mixing methods on {cfg.dataset} ({seeds}, {cfg.epochs} epochs, batch {batch})",
         "",
         f"ERM test accuracy: {base.mean:.2f}% ({base_ci}).",
         "Change in test accuracy over ERM, percentage points, paired by seed (same initial weights and data order);",
@@ -150,6 +191,11 @@ def summarise(cfg: ConfMixStudyConfig, rows: list[dict]) -> tuple[str, dict]:
         "| Mixup technique | accuracy change (ours) | 95% interval | paper (CIFAR-10) |",
         "|---|---|---|---|",
     ]
+    if n_train is not None and (cfg.train_fraction < 1 or batch != cfg.batch_size):
+        lines[2:2] = [f"Training on {n_train} images, a stratified {cfg.train_fraction:g} of the training split (seed "
+                      f"{cfg.seed}; the test set is the full one); batch {batch} = min({cfg.batch_size}, {n_train} // "
+                      f"{cfg.min_steps_per_epoch}), so that an epoch has {_steps(cfg, n_train)} >= "
+                      f"{cfg.min_steps_per_epoch} steps.", ""]
     if _confmix_never_on(cfg):
         lines[2:2] = [f"ConfMix never left its warm-up ({cfg.epochs} epochs <= warmup_epochs = {cfg.warmup_epochs}): "
                       "its rows are ERM's.", ""]
@@ -171,17 +217,17 @@ def run_confmix_study(cfg: ConfMixStudyConfig, out: str | Path, executor: str = 
     from .report import write_csv
 
     resolve_device(cfg.device)  # fail before any work when the device or the data are missing
-    load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+    n_train = cfg.load().x_train.shape[0]
     if _confmix_never_on(cfg):
         warnings.warn(f"epochs = {cfg.epochs} <= warmup_epochs = {cfg.warmup_epochs}: the ConfMix methods never leave "
                       "their warm-up and train exactly as ERM", stacklevel=2)
     out = Path(out)
-    store = ShardStore(out, "confmix-study", cfg.settings())
-    shards = shards_for(cfg)
-    rows = run_shards(store, shards, train_one, executor=executor, address=address, progress=progress, desc="confmix study",
-                      gpus_per_task=1 if resolve_device(cfg.device).type == "cuda" else 0)
+    info = {"n_train": n_train, "batch_size_used": cfg.batch_for(n_train), "steps_per_epoch": _steps(cfg, n_train)}
+    rows = run_study(out, "confmix-study", cfg.settings(), shards_for(cfg), train_one, info=info, executor=executor,
+                     address=address, progress=progress, desc="confmix study",
+                     gpus_per_task=1 if resolve_device(cfg.device).type == "cuda" else 0)
     write_csv(out / "results.csv", [{k: v for k, v in r.items() if k not in ("policy", "test_acc_per_epoch")} for r in rows])
-    text, table = summarise(cfg, rows)
+    text, table = summarise(cfg, rows, n_train)
     write_atomic(out / "summary.md", text)
     plot_alpha_trajectories(rows, out / "alpha.png")
     return {"rows": rows, "table": table}

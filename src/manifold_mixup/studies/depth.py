@@ -9,6 +9,7 @@ A shard is a block of problems of one K with all methods; shards are independent
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 
 from ..devices import resolve_device
 from ..ensemble import EnsembleConfig, EnsembleParams, MemberSpec, predict_ensemble, train_ensemble
-from ..shards import Shard, ShardStore, run_shards, write_atomic
+from ..shards import Shard, ShardList, run_study, write_atomic
 from ..stats import paired_bootstrap, spearman, wilcoxon_p
 from ..toy import DEFAULT_MEAN_RANGE, DEFAULT_SIGMA_RANGE, GaussianMixtureProblem
 
@@ -56,21 +57,40 @@ class DepthStudyConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        from .report import ALPHA_MAX, check_choices, check_int, check_range, check_real, check_unique
+
+        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be one or more integer widths >= 1; got {list(self.hidden)}")
         valid = method_names(len(self.hidden))
         bad = [m for m in self.methods if m not in valid]
         if bad:
             raise ValueError(f"unknown method(s) {bad}; valid methods for depth {len(self.hidden)}: {valid}")
         if "baseline" not in self.methods:
             raise ValueError("methods must include 'baseline' (ERM), the reference of every comparison")
-        if not self.ks or any(k < 2 for k in self.ks):
-            raise ValueError(f"every K must be >= 2; got ks={list(self.ks)}")
-        for name in ("problems_per_k", "components", "n_train", "epochs", "batch_size", "problems_per_shard", "mmlb_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        check_unique("methods", self.methods)
+        if not self.ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 2 for k in self.ks):
+            raise ValueError(f"every K must be an integer >= 2; got ks={list(self.ks)}")
+        check_unique("ks", self.ks)
+        for name in ("problems_per_k", "components", "n_train", "epochs", "problems_per_shard", "mmlb_samples"):
+            check_int(name, getattr(self, name), 1)
+        check_int("batch_size", self.batch_size, 2)  # mixing pairs rows
+        check_int("grid_resolution", self.grid_resolution, 8, 4096)
+        check_int("seed", self.seed, 0, 2**32 - 1)
         if self.n_train % self.batch_size:
             raise ValueError(f"n_train ({self.n_train}) must be a multiple of batch_size ({self.batch_size})")
-        if not self.alpha > 0:
-            raise ValueError(f"alpha must be > 0; got {self.alpha}")
+        check_real("alpha", self.alpha, 0, ALPHA_MAX, low_open=True)
+        check_real("lr", self.lr, 0, low_open=True)
+        check_choices("optimizer", self.optimizer, ("adam", "sgd"))
+        check_range("mean_range", self.mean_range)
+        check_range("sigma_range", self.sigma_range, positive=True)
+        if any(isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= self.epochs for e in self.eval_epochs):
+            raise ValueError(f"eval_epochs must be integers in 1..epochs = {self.epochs}; got {list(self.eval_epochs)}")
+        check_unique("eval_epochs", self.eval_epochs)
+
+    @property
+    def evaluated_epochs(self) -> tuple[int, ...]:
+        """The epochs at which every model is evaluated: ``eval_epochs`` and the last, ascending."""
+        return tuple(sorted({*self.eval_epochs, self.epochs}))
 
     def settings(self) -> dict:
         d = asdict(self)
@@ -139,14 +159,28 @@ def depth_shard(payload: dict) -> list[dict]:
     return rows
 
 
-def shards_for(cfg: DepthStudyConfig, device: str = "cpu") -> list[Shard]:
-    out = []
-    for k in cfg.ks:
-        for start in range(0, cfg.problems_per_k, cfg.problems_per_shard):
-            stop = min(start + cfg.problems_per_shard, cfg.problems_per_k)
-            out.append(Shard(f"K{k}-p{start:04d}-{stop:04d}",
-                             {"config": cfg.settings(), "k": k, "start": start, "stop": stop, "device": device}))
-    return out
+def shards_for(cfg: DepthStudyConfig, device: str = "cpu") -> ShardList:
+    """The study's shards (blocks of ``problems_per_shard`` problems of one K), made on demand."""
+    per_k = -(-cfg.problems_per_k // cfg.problems_per_shard)
+    settings = cfg.settings()
+
+    def make(i: int) -> Shard:
+        k, start = cfg.ks[i // per_k], (i % per_k) * cfg.problems_per_shard
+        stop = min(start + cfg.problems_per_shard, cfg.problems_per_k)
+        return Shard(f"K{k}-p{start:04d}-{stop:04d}",
+                     {"config": settings, "k": k, "start": start, "stop": stop, "device": device})
+
+    return ShardList(len(cfg.ks) * per_k, make)
+
+
+def estimated_cpu_seconds(cfg: DepthStudyConfig, threads: int | None = None) -> float:
+    """A rough time of the study on a CPU: the MLPs' training FLOPs (6 per weight per sample)
+    at ~45 GFLOP/s per thread, the rate the vectorised trainer reaches on the CPUs we measured."""
+    sizes = [2, *cfg.hidden, max(cfg.ks)]
+    weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    members = cfg.problems_per_k * len(cfg.ks) * len(cfg.methods)
+    flops = 6.0 * weights * cfg.n_train * cfg.epochs * members
+    return flops / (45e9 * (threads or torch.get_num_threads()))
 
 
 def _by_method(rows: list[dict], key: str, methods, where=lambda r: True) -> dict[str, np.ndarray]:
@@ -252,11 +286,13 @@ def run_depth_study(cfg: DepthStudyConfig, out: str | Path, *, executor: str = "
     from ..plots import figure2, plot_excess_by_quartile
     from .report import write_csv
 
-    resolve_device(device)
+    dev = resolve_device(device)
     out = Path(out)
-    store = ShardStore(out, "depth-study", cfg.settings())
-    rows = run_shards(store, shards_for(cfg, device), depth_shard, executor=executor, address=address,
-                      progress=progress, desc="depth study", gpus_per_task=1 if resolve_device(device).type == "cuda" else 0)
+    if dev.type == "cpu" and estimated_cpu_seconds(cfg) > 3600:
+        warnings.warn(f"this study is estimated to take about {estimated_cpu_seconds(cfg) / 3600:.1f} hours on this CPU "
+                      f"({torch.get_num_threads()} threads); finished shards are kept if you stop it", stacklevel=2)
+    rows = run_study(out, "depth-study", cfg.settings(), shards_for(cfg, device), depth_shard, executor=executor,
+                     address=address, progress=progress, desc="depth study", gpus_per_task=1 if dev.type == "cuda" else 0)
     write_csv(out / "results.csv", rows)
     text, numbers = summarise(cfg, rows)
     write_atomic(out / "summary.md", text)

@@ -30,11 +30,28 @@ class SpiralConfig:
     resolution: int = 200
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        from .report import ALPHA_MAX, check_int, check_real
+
+        for name in ("n", "epochs"):
+            check_int(name, getattr(self, name), 1)
+        check_int("batch_size", self.batch_size, 2)
+        check_int("resolution", self.resolution, 2, 4096)
+        check_int("seed", self.seed, 0, 2**32 - 2)  # seed + 1 seeds the data order
+        check_real("noise", self.noise, 0)
+        check_real("turns", self.turns, 0, low_open=True)
+        check_real("lr", self.lr, 0, low_open=True)
+        check_real("alpha", self.alpha, 0, ALPHA_MAX, low_open=True)
+        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be one or more integer widths >= 1; got {list(self.hidden)}")
+
 
 def run_spiral_figure(cfg: SpiralConfig, out: str | Path) -> dict:
     """Train ERM and mixing at k = 0..depth, write ``spiral.png`` into ``out``; return accuracies."""
     from ..plots import plot_decision_grid
+    from ..shards import ensure_dir
 
+    out = ensure_dir(out)  # an unusable folder fails now, not after the training
     x, y = spiral(cfg.n, cfg.seed, noise=cfg.noise, turns=cfg.turns)
     lim = float(x.abs().max()) * 1.1
     axis = torch.linspace(-lim, lim, cfg.resolution)
@@ -54,6 +71,5 @@ def run_spiral_figure(cfg: SpiralConfig, out: str | Path) -> dict:
         with torch.no_grad():
             labels = model.eval()(points).argmax(-1).reshape(cfg.resolution, cfg.resolution)
         panels.append((f"{name}\ntrain acc {100 * acc[name]:.1f}%", None, labels.numpy()))
-    out = Path(out)
     plot_decision_grid(panels, x.numpy(), y.numpy(), (-lim, lim, -lim, lim), out / "spiral.png")
     return {"config": asdict(cfg), "train_accuracy": acc}
