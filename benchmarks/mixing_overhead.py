@@ -488,12 +488,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return a
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the cases; a case that fails prints {"model", "error"} and the others still run.
+    Returns 1 if any case failed, else 0."""
     a = parse_args(argv)
     if not a.keep_denormals:
         torch.set_flush_denormal(True)
     torch.manual_seed(a.seed)  # dropout (small-resnet, bert) draws from the global generator
     order = random.Random(a.seed)
+    failed = False
     for name in a.models or CASE_NAMES:
         backend, why = (None, None)
         if name == "paper-cnn-compiled":
@@ -505,12 +508,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             continue
         if why:
             case.info["compile_fallback_reason"] = why
-        for row in run_case(case, a, a.device, order):
+        try:
+            rows = run_case(case, a, a.device, order)
+        except Exception as e:  # report it and go on with the other cases
+            failed = True
+            print(json.dumps({"model": name, "error": f"{type(e).__name__}: {e}"}), flush=True)
+            rows = []
+        for row in rows:
             print(json.dumps(row), flush=True)
         del case
         if backend is not None:
             torch._dynamo.reset()
-
+    return int(failed)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,8 +31,10 @@ def bench():
 
 def run(bench, capsys, *argv):
     with torch.random.fork_rng(devices=[]):  # main seeds the global generator (dropout)
-        bench.main(["--keep-denormals", *argv])
-    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        rc = bench.main(["--keep-denormals", *argv])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    return [json.loads(line) for line in out.splitlines()]
 
 
 def positive_finite(v):
