@@ -28,6 +28,9 @@ _DEPTH_FLAGS = [
     ("--n-train", "n_train", int, None, "N", "training samples per problem (a multiple of the batch size)"),
     ("--hidden", "hidden", int, "+", "W", "hidden widths of the MLP, e.g. 512 512 512"),
     ("--epochs", "epochs", int, None, "E", "training epochs"),
+    ("--eval-epochs", "eval_epochs", int, "+", "E",
+     "also evaluate every model after these epochs of the same run (the last is always evaluated); "
+     "results.csv has one row per problem, method and evaluated epoch"),
     ("--batch-size", "batch_size", int, None, "B", "mini-batch size"),
     ("--lr", "lr", float, None, "LR", "learning rate"),
     ("--optimizer", "optimizer", str, None, "{adam,sgd}", "optimiser"),
@@ -71,7 +74,7 @@ _SPIRAL_FLAGS = [
 
 
 def _fmt(v) -> str:
-    return " ".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
+    return (" ".join(map(str, v)) or "none") if isinstance(v, (tuple, list)) else str(v)
 
 
 def _add_flags(p, flags, defaults: dict) -> None:

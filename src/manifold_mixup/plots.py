@@ -20,7 +20,7 @@ from matplotlib import colormaps
 from .toy import GaussianMixtureProblem, as_generator
 
 __all__ = ["class_colours", "plot_toy_problem", "figure2", "plot_alpha_trajectories", "plot_excess_by_quartile",
-           "plot_decision_grid"]
+           "plot_difference_over_epochs", "plot_decision_grid"]
 
 
 def class_colours(num_classes: int) -> tuple[list, list]:
@@ -181,6 +181,36 @@ def plot_excess_by_quartile(table: dict, path, paper_label: str = "") -> None:
     ax.set_xlabel("normalised MMLB quartile")
     ax.set_ylabel("excess risk (percentage points)")
     ax.set_title("Excess risk against normalised MMLB quartile" + (f" ({paper_label})" if paper_label else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path, 150)
+
+
+def plot_difference_over_epochs(curves: dict, path) -> None:
+    """Excess risk minus the baseline's (pp) against the training epoch, one line per mixing depth,
+    with 95% paired intervals as error bars; a dashed line at 0 (below it mixing has the lower risk).
+
+    curves: {method label: [(epoch, mean, low, high), ...]} (the depth study's ``difference_over_epochs``).
+    """
+    fig, axes = _figure(1, 1, (7.0, 4.5))
+    ax = axes[0][0]
+    n = len(curves)
+    epochs = sorted({p[0] for pts in curves.values() for p in pts})
+    log = len(epochs) > 1 and epochs[-1] >= 4 * epochs[0]
+    for j, (label, pts) in enumerate(curves.items()):
+        shift = 1.0 + (j - (n - 1) / 2) * 0.025  # small horizontal offsets so the bars do not overlap
+        xs = [p[0] * shift if log else p[0] + (j - (n - 1) / 2) * 0.1 for p in pts]
+        err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+        ax.errorbar(xs, [p[1] for p in pts], yerr=err, marker="o", capsize=3, label=label)
+    ax.axhline(0.0, color="k", linestyle="--", linewidth=0.8)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xticks(epochs, [str(e) for e in epochs])
+    ax.minorticks_off()
+    ax.set_xlabel("epochs trained")
+    ax.set_ylabel("excess risk minus baseline's (pp)")
+    ax.set_title("Mixing against ERM over training (95% paired intervals)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -17,13 +17,16 @@ import numpy as np
 import torch
 
 from ..devices import resolve_device
-from ..ensemble import EnsembleConfig, EnsembleParams, MemberSpec, predict_ensemble, train_ensemble
+from ..ensemble import SGD_MOMENTUM, EnsembleConfig, EnsembleParams, MemberSpec, predict_ensemble, train_ensemble
 from ..shards import Shard, ShardList, run_study, write_atomic
 from ..stats import paired_bootstrap, spearman, wilcoxon_p
 from ..toy import DEFAULT_MEAN_RANGE, DEFAULT_SIGMA_RANGE, GaussianMixtureProblem
 
 __all__ = ["DepthStudyConfig", "PRESETS", "PAPER_TABLE1", "run_depth_study", "problem_seeds", "method_names"]
 
+#: what ``optimizer`` means, in every trainer of the package (``ensemble.SGD_MOMENTUM``, ``train.make_optimizer``)
+OPTIMIZERS = {"adam": "torch.optim.Adam(lr, betas=(0.9, 0.999), eps=1e-8)",
+              "sgd": f"torch.optim.SGD(lr, momentum={SGD_MOMENTUM}), no dampening, no Nesterov"}
 PAPER_TABLE1 = {"baseline": 18.1, "k0": 16.5, "k1": 14.7, "k2": 13.8, "k3": 13.2}
 REL_MIN_BAYES = 0.01  # relative excess risk is also averaged over problems with R* >= 1%
 LABELS = {"baseline": "Baseline", "k0": "Mixup 0", "k1": "Mixup 1", "k2": "Mixup 2", "k3": "Mixup 3"}
@@ -46,6 +49,7 @@ class DepthStudyConfig:
     n_train: int = 1000
     hidden: tuple[int, ...] = (512, 512, 512)
     epochs: int = 20
+    eval_epochs: tuple[int, ...] = ()
     batch_size: int = 50
     lr: float = 1e-3
     optimizer: str = "adam"
@@ -94,7 +98,9 @@ class DepthStudyConfig:
 
     def settings(self) -> dict:
         d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        out["optimizer_definition"] = OPTIMIZERS[self.optimizer]  # stated in manifest.json
+        return out
 
     @classmethod
     def from_settings(cls, d: dict) -> "DepthStudyConfig":
@@ -106,6 +112,8 @@ PRESETS = {
     "quick": DepthStudyConfig(problems_per_k=25, hidden=(128, 128, 128), grid_resolution=64, mmlb_samples=40_000,
                               problems_per_shard=5),
 }
+#: the quick preset's problems trained 200 epochs, every model evaluated after 10, 20, 40, 100 and 200
+PRESETS["long"] = replace(PRESETS["quick"], epochs=200, eval_epochs=(10, 20, 40, 100, 200))
 
 
 def _mix_layer(method: str) -> int | None:
@@ -119,7 +127,9 @@ def problem_seeds(seed: int, k: int, index: int) -> dict[str, int]:
 
 
 def depth_shard(payload: dict) -> list[dict]:
-    """Shard worker: problems [start, stop) with K = k, every method; one row per problem x method."""
+    """Shard worker: problems [start, stop) with K = k, every method; one row per problem x evaluated
+    epoch x method. The models are evaluated after each of ``cfg.evaluated_epochs`` while training
+    goes on, so the rows of epoch e are those of the same study trained for e epochs."""
     cfg = DepthStudyConfig.from_settings(payload["config"])
     k, start, stop = payload["k"], payload["start"], payload["stop"]
     device = resolve_device(payload.get("device", "cpu"))
@@ -134,28 +144,40 @@ def depth_shard(payload: dict) -> list[dict]:
             xs.append(x)
             ys.append(y)
             specs.append(MemberSpec(seed=seeds["model"], mix_layer=_mix_layer(m), alpha=cfg.alpha))
-    ens = EnsembleConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer, hidden=cfg.hidden)
-    params = train_ensemble(torch.stack(xs), torch.stack(ys), k, specs, ens, device=device)
-    rows = []
     nm = len(cfg.methods)
+
+    def evaluate(epoch: int, members: list[int], params: EnsembleParams) -> torch.Tensor:
+        """[len(members), 2]: each member's risk and excess risk (fractions) on its problem's grid."""
+        out = torch.empty(len(members), 2, dtype=torch.float64)
+        for j in sorted({m // nm for m in members}):
+            rs = [r for r, m in enumerate(members) if m // nm == j]
+            sub = EnsembleParams([w[rs] for w in params.weights], [b[rs] for b in params.biases],
+                                 [params.num_classes[r] for r in rs], params.hidden)
+            prob = problems[j][1]
+            pred = predict_ensemble(sub, prob.grid().points, device=device)
+            out[rs, 0] = prob.risk_from_predictions(pred)
+            out[rs, 1] = prob.excess_risk_from_predictions(pred)
+        return out
+
+    epochs = cfg.evaluated_epochs
+    ens = EnsembleConfig(epochs=cfg.epochs, eval_epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                         optimizer=cfg.optimizer, hidden=cfg.hidden)
+    params = train_ensemble(torch.stack(xs), torch.stack(ys), k, specs, ens, device=device, evaluate=evaluate)
+    rows = []
     for j, (i, prob, seeds) in enumerate(problems):
-        sub = slice(j * nm, (j + 1) * nm)
-        member = EnsembleParams([w[sub] for w in params.weights], [b[sub] for b in params.biases],
-                                params.num_classes[sub], params.hidden)
-        pred = predict_ensemble(member, prob.grid().points, device=device)
-        risks = prob.risk_from_predictions(pred)
-        excess = prob.excess_risk_from_predictions(pred)
         bayes = prob.bayes_risk()
         mmlb = prob.mmlb(cfg.mmlb_samples, seeds["mmlb"])
-        for m, r, e in zip(cfg.methods, risks.tolist(), excess.tolist()):
-            rows.append({
-                "K": k, "N": cfg.components, "problem": i, "sigma": prob.sigma, "bayes_risk": bayes,
-                "mmlb": mmlb.value, "mmlb_stderr": mmlb.stderr, "normalised_mmlb": mmlb.normalised,
-                "normalised_mmlb_stderr": mmlb.normalised_stderr, "method": m, "risk": r,
-                "excess_risk_pp": 100 * e, "excess_risk_rel_pct": 100 * e / bayes if bayes > 0 else float("nan"),
-                "problem_seed": seeds["problem"], "data_seed": seeds["data"], "model_seed": seeds["model"],
-                "mmlb_seed": seeds["mmlb"],
-            })
+        for epoch in epochs:
+            ev = params.evaluations[epoch][j * nm:(j + 1) * nm]
+            for m, (r, e) in zip(cfg.methods, ev.tolist()):
+                rows.append({
+                    "K": k, "N": cfg.components, "problem": i, "sigma": prob.sigma, "bayes_risk": bayes,
+                    "mmlb": mmlb.value, "mmlb_stderr": mmlb.stderr, "normalised_mmlb": mmlb.normalised,
+                    "normalised_mmlb_stderr": mmlb.normalised_stderr, "method": m, "epoch": epoch, "risk": r,
+                    "excess_risk_pp": 100 * e, "excess_risk_rel_pct": 100 * e / bayes if bayes > 0 else float("nan"),
+                    "problem_seed": seeds["problem"], "data_seed": seeds["data"], "model_seed": seeds["model"],
+                    "mmlb_seed": seeds["mmlb"],
+                })
     return rows
 
 
@@ -194,14 +216,22 @@ def _by_method(rows: list[dict], key: str, methods, where=lambda r: True) -> dic
 
 
 def summarise(cfg: DepthStudyConfig, rows: list[dict]) -> tuple[str, dict]:
-    """summary.md text and the numbers behind it (also used for Figure 3)."""
+    """summary.md text and the numbers behind it (also used for Figure 3 and the figure over epochs).
+
+    Table 1, the per-K table and Figure 3 are at the last evaluated epoch; with several evaluated
+    epochs, 'Over training' gives Table 1 at each, the difference to the baseline against the
+    epoch and its trend by normalised-MMLB quartile."""
     methods = list(cfg.methods)
+    epochs = sorted({r["epoch"] for r in rows})
+    all_rows, rows = rows, [r for r in rows if r["epoch"] == epochs[-1]]
     lines = [
         "# Depth study: Manifold Mixup at depth k (Table 1, Figure 3)",
         "",
         f"{len({(r['K'], r['problem']) for r in rows})} problems (K in {list(cfg.ks)}, {cfg.problems_per_k} each, "
         f"N = {cfg.components}), {cfg.n_train} training samples, MLP 2-{'-'.join(map(str, cfg.hidden))}-K, "
-        f"{cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}, alpha = {cfg.alpha} per sample.",
+        f"{cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}, alpha = {cfg.alpha} per sample"
+        f"; models evaluated after epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))} of the same run "
+        f"(the tables and Figure 3 below: epoch {epochs[-1]}).",
         "Risks by quadrature (grid resolution "
         f"{cfg.grid_resolution}); excess risk in percentage points (pp) and relative to the Bayes risk (%).",
         "",
@@ -277,13 +307,72 @@ def summarise(cfg: DepthStudyConfig, rows: list[dict]) -> tuple[str, dict]:
     for q in range(4):
         lines.append(f"| {qlabels[q]} | " + " | ".join(cells[q]) + " |")
     numbers["figure3"] = fig3
+    over_lines, over = _over_training(cfg, all_rows, epochs, quart, qlabels)
+    numbers.update(over)
+    if len(epochs) > 1:
+        lines += over_lines
     return "\n".join(lines) + "\n", numbers
+
+
+def _over_training(cfg: DepthStudyConfig, rows: list[dict], epochs: list[int], quart: dict, qlabels: list[str]):
+    """Table 1 at each evaluated epoch, the difference to the baseline against the epoch (one curve per
+    depth, with paired intervals), where each interval first excludes 0, and the quartile trend."""
+    methods = list(cfg.methods)
+    mixing = [m for m in methods if m != "baseline"]
+    table: dict = {}
+    curve = {LABELS.get(m, m): [] for m in mixing}
+    trend = {LABELS.get(m, m): {} for m in mixing}
+    lines = ["", "## Over training: Table 1 at each evaluated epoch", "",
+             "Each model evaluated after each listed epoch of one run (training went on after each evaluation); "
+             "differences from the baseline paired by problem, 95% percentile-bootstrap intervals. Negative: mixing "
+             "has the lower excess risk.", "",
+             "| epoch | Model | mean excess risk (pp) | diff. vs baseline (pp) [95% CI] | "
+             f"mean relative (%), R* >= {100 * REL_MIN_BAYES:g}% | diff. vs baseline (%) [95% CI] |",
+             "|---|---|---|---|---|---|"]
+    for e in epochs:
+        at = [r for r in rows if r["epoch"] == e]
+        ab = _by_method(at, "excess_risk_pp", methods)
+        trim = _by_method(at, "excess_risk_rel_pct", methods, where=lambda r: r["bayes_risk"] >= REL_MIN_BAYES)
+        table[e] = {}
+        for m in methods:
+            da, dr = paired_bootstrap(ab[m] - ab["baseline"]), paired_bootstrap(trim[m] - trim["baseline"])
+            table[e][m] = {"excess_pp": float(ab[m].mean()), "excess_rel_pct_trimmed": float(trim[m].mean()),
+                           "diff_pp": da._asdict(), "diff_rel_trimmed": dr._asdict()}
+            if m != "baseline":
+                curve[LABELS.get(m, m)].append((e, da.mean, da.low, da.high))
+            lines.append(f"| {e} | {LABELS.get(m, m)} | {ab[m].mean():.2f} | {'—' if m == 'baseline' else da.fmt(2)} | "
+                         f"{trim[m].mean():.1f} | {'—' if m == 'baseline' else dr.fmt(1)} |")
+        qs = np.array([quart[p] for p in sorted({(r["K"], r["problem"]) for r in at})])  # _by_method's order
+        for m in mixing:  # the difference by normalised-MMLB quartile at this epoch
+            d = ab[m] - ab["baseline"]
+            trend[LABELS.get(m, m)][e] = [(qlabels[q], *paired_bootstrap(d[qs == q])[:3]) for q in range(4)]
+    signs = {}
+    lines += ["", "When each depth's 95% interval of the difference (pp) excludes 0:", ""]
+    for m in mixing:
+        pts = curve[LABELS.get(m, m)]
+        gain = [e for e, _, lo, hi in pts if hi < 0]
+        loss = [e for e, _, lo, hi in pts if lo > 0]
+        first = min(gain + loss, default=None)
+        signs[m] = {"first_epoch": first, "direction": None if first is None else ("gain" if first in gain else "loss"),
+                    "gain_epochs": gain, "loss_epochs": loss}
+        lines.append(f"- {LABELS.get(m, m)}: " + ("never" if first is None else
+                     f"first at epoch {first} ({'lower' if first in gain else 'higher'} excess risk than the baseline)")
+                     + f"; lower at epochs {gain or 'none'}, higher at epochs {loss or 'none'}.")
+    lines += ["", "## Over training: difference to the baseline (pp) by normalised-MMLB quartile [95% CI]", "",
+              "| Model | epoch | " + " | ".join(qlabels) + " |", "|---|---|" + "---|" * 4]
+    for m in mixing:
+        for e in epochs:
+            lines.append(f"| {LABELS.get(m, m)} | {e} | " + " | ".join(
+                f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]" for _, mean, lo, hi in trend[LABELS.get(m, m)][e]) + " |")
+    return lines, {"epochs": list(epochs), "table1_by_epoch": table, "difference_over_epochs": curve,
+                   "excludes_zero": signs, "quartile_trend": trend}
 
 
 def run_depth_study(cfg: DepthStudyConfig, out: str | Path, *, executor: str = "local", address: str | None = None,
                     device: str = "cpu", progress: bool = True) -> dict:
-    """Run (or resume) the study into ``out``: results.csv, summary.md, figure3.png, figure2.png, manifest.json."""
-    from ..plots import figure2, plot_excess_by_quartile
+    """Run (or resume) the study into ``out``: results.csv, summary.md, figure3.png (at the last epoch),
+    figure_epochs.png (difference to the baseline against the epoch), figure2.png, manifest.json."""
+    from ..plots import figure2, plot_difference_over_epochs, plot_excess_by_quartile
     from .report import write_csv
 
     dev = resolve_device(device)
@@ -297,6 +386,7 @@ def run_depth_study(cfg: DepthStudyConfig, out: str | Path, *, executor: str = "
     text, numbers = summarise(cfg, rows)
     write_atomic(out / "summary.md", text)
     plot_excess_by_quartile(numbers["figure3"], out / "figure3.png")
+    plot_difference_over_epochs(numbers["difference_over_epochs"], out / "figure_epochs.png")
     figure2(out / "figure2.png", seed=cfg.seed)
     return {"rows": rows, **numbers}
 
