@@ -326,3 +326,16 @@ def test_a_failed_call_leaves_no_hook_and_no_state_behind():
     h = lam[:, None] * model.stem(x) + (1 - lam[:, None]) * model.stem(x)[perm]
     h = torch.relu(h)
     assert torch.allclose(logits, model.head(h + model.block(h)), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_model_mixes_like_the_eager_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    plain = copy.deepcopy(model)
+    mixer = mm.ManifoldMixup(torch.compile(model), ["1", "3"], alpha=0.5, generator=0)
+    ref = mm.ManifoldMixup(plain, ["1", "3"], alpha=0.5, generator=0)
+    x, y = data(b=8)
+    for _ in range(3):
+        (a, ta), (b, tb) = mixer(x, y), ref(x, y)
+        assert torch.allclose(a, b, atol=1e-5) and torch.equal(ta, tb)
