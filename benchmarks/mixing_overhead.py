@@ -340,13 +340,13 @@ def reference_steps(case: Case, opt: torch.optim.Optimizer, seed: int = 4) -> di
     """{"reference-<method>": (library method, step)} for the case's methods that have a twin."""
     if case.twin is None:
         return {}
-    rng = np.random.default_rng(seed)
     out = {}
-    for method, spec in case.methods.items():
+    for i, (method, spec) in enumerate(case.methods.items()):
         if spec["alpha"] == "fresh":
             continue
         layers = [spec["layers"]] if isinstance(spec["layers"], str) else spec["layers"]
         twin = case.twin(case.model, case.x, case.kwargs, layers)
+        rng = np.random.default_rng([seed, i])  # each twin its own stream
         out[f"reference-{method}"] = (method, twin_step(twin, opt, case.y, case.num_classes, spec["alpha"], rng))
     return out
 
