@@ -478,6 +478,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error(f"--min-rounds must be >= 1; got {a.min_rounds}")
     if a.warmup < 1:
         ap.error(f"--warmup must be >= 1; got {a.warmup}")
+    if a.compile_backend != "auto" and (not a.models or "paper-cnn-compiled" in a.models):
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if a.compile_backend not in backends:
+            ap.error(f"--compile-backend: unknown backend {a.compile_backend!r}; allowed: auto, {', '.join(backends)}")
     unknown = [m for m in a.models or () if m not in CASE_NAMES]
     if unknown:
         ap.error(f"--models: unknown case(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(CASE_NAMES)}")

@@ -71,6 +71,10 @@ def test_bad_arguments_name_the_flag_and_what_is_allowed(bench, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--seconds", "-1"])
     assert "--seconds" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--models", "paper-cnn-compiled", "--compile-backend", "indcutor"])
+    err = capsys.readouterr().err
+    assert "--compile-backend" in err and "'indcutor'" in err and "aot_eager" in err
 
 
 def same_plan(bench, twin_fn, model, x, y, layers, k, kwargs=None, **mixer_kw):
