@@ -367,3 +367,64 @@ def test_image_dataset_validates():
         ImageDataset(x, y, x, y[:1], 2, "t")
     with pytest.raises(ValueError, match="same"):
         ImageDataset(x, y, torch.zeros(2, 3, 4, 4), y, 2, "t")
+
+
+# ---------------------------------------------------------------------------- faults and subsets
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_cifar_python_batches_repickled_by_python3_are_accepted(tmp_path, protocol):
+    batches = _random_batches(5)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name, (pixels, labels) in zip(names, batches):
+        obj = {b"batch_label": b"x", b"labels": np.asarray(labels, dtype=np.int64), b"data": pixels}
+        (folder / name).write_bytes(pickle.dumps(obj, protocol=protocol))
+    _check_round_trip(load_cifar10(tmp_path), batches)
+
+
+def test_cifar_codecs_encode_only_rebuilds_latin1_bytes(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_python(folder, _random_batches(6))
+    # protocol 2 calling _codecs.encode with a codec other than latin-1
+    blob = b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x05\x00\x00\x00rot13\x86R."
+    (folder / "data_batch_2").write_bytes(blob)
+    with pytest.raises(ValueError, match="data_batch_2.*only 'latin1'"):
+        load_cifar10(tmp_path)
+
+
+def test_non_regular_files_are_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match="/dev/zero is a character device"):
+        load_cifar10("/dev/zero")
+    folder = tmp_path / "cifar-10-batches-bin"
+    _write_binary(folder, _random_batches(7))
+    (folder / "data_batch_2.bin").unlink()
+    os.mkfifo(folder / "data_batch_2.bin")
+    with pytest.raises(ValueError, match="data_batch_2.bin is a named pipe"):
+        load_cifar10(tmp_path)
+
+
+def test_data_dir_is_refused_for_digits():
+    with pytest.raises(ValueError, match="data_dir '/nonexistent' is only used with dataset 'cifar10'"):
+        load_dataset("digits", data_dir="/nonexistent")
+
+
+def test_train_fraction_is_a_stratified_subset_with_the_same_test_images():
+    full, part = load_digits(seed=4), load_digits(seed=4, train_fraction=0.2)
+    assert part.x_train.shape[0] == round(0.2 * full.x_train.shape[0])
+    assert torch.equal(full.y_test, part.y_test)
+    raw = lambda ds, x: x.double() * torch.tensor(ds.channel_std).double() + torch.tensor(ds.channel_mean).double()
+    assert torch.allclose(raw(full, full.x_test), raw(part, part.x_test), atol=1e-4)  # same images
+    n_full = torch.bincount(full.y_train, minlength=10).double()
+    n_part = torch.bincount(part.y_train, minlength=10).double()
+    assert torch.all((n_part - 0.2 * n_full).abs() <= 1)  # each class keeps its share
+    # every kept image is one of the full training split's images
+    full_set = {tuple(v) for v in raw(full, full.x_train).round().reshape(len(full.y_train), -1).tolist()}
+    assert all(tuple(v) in full_set for v in raw(part, part.x_train).round().reshape(len(part.y_train), -1).tolist())
+    assert torch.equal(load_digits(seed=4, train_fraction=0.2).x_train, part.x_train)  # seeded
+    for bad in (0.0, 1.5, float("nan"), "0.5"):
+        with pytest.raises(ValueError, match="train_fraction"):
+            load_digits(train_fraction=bad)
+    with pytest.raises(ValueError, match="fewer than the 10 classes"):
+        load_digits(train_fraction=0.005)

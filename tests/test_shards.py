@@ -17,21 +17,22 @@ def square_worker(payload):
 def test_resume_skips_finished_shards_and_gives_the_same_rows(tmp_path):
     settings = {"n": 4, "seed": 0}
     shards = [Shard(f"s{i}", {"i": i, "fail": i == 2}) for i in range(4)]
-    store = ShardStore(tmp_path, "toy", settings)
     CALLS.clear()
-    with pytest.raises(KeyboardInterrupt):
-        run_shards(store, shards, square_worker, progress=False)
-    assert CALLS == [0, 1, 2] and store.done("s1") and not store.done("s2")
+    with ShardStore(tmp_path, "toy", settings) as store:
+        with pytest.raises(KeyboardInterrupt):
+            run_shards(store, shards, square_worker, progress=False)
+        assert CALLS == [0, 1, 2] and store.done("s1") and not store.done("s2")
     assert not list((tmp_path / "shards").glob(".*tmp"))  # nothing half-written
     CALLS.clear()
     fixed = [Shard(s.key, {"i": s.payload["i"]}) for s in shards]
-    rows = run_shards(ShardStore(tmp_path, "toy", settings), fixed, square_worker, progress=False)
+    with ShardStore(tmp_path, "toy", settings) as store:
+        rows = run_shards(store, fixed, square_worker, progress=False)
     assert CALLS == [2, 3]
     assert rows == [{"i": i, "sq": i * i} for i in range(4)]
 
 
 def test_other_settings_or_other_study_are_refused(tmp_path):
-    ShardStore(tmp_path, "toy", {"n": 4})
+    ShardStore(tmp_path, "toy", {"n": 4}).close()
     with pytest.raises(StudyMismatchError, match=r"other settings \(differing: \['n'\]\)"):
         ShardStore(tmp_path, "toy", {"n": 5})
     with pytest.raises(StudyMismatchError, match="study 'toy', not 'other'"):
@@ -78,3 +79,59 @@ def test_write_atomic_gives_the_permissions_of_a_plain_write(tmp_path):
     atomic = tmp_path / "atomic.txt"
     write_atomic(atomic, "x")
     assert atomic.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+def test_shard_list_is_made_on_demand_and_duplicate_keys_are_named(tmp_path):
+    from manifold_mixup.shards import ShardList
+
+    made = []
+    lazy = ShardList(10**12, lambda i: made.append(i) or Shard(f"s{i}", {"i": i}))
+    assert len(lazy) == 10**12 and lazy[-1].key == f"s{10**12 - 1}" and made == [10**12 - 1]
+    with pytest.raises(IndexError):
+        lazy[10**12]
+    with ShardStore(tmp_path, "toy", {}) as store:
+        with pytest.raises(ValueError, match=r"repeated: \['a'\]"):
+            run_shards(store, [Shard("a", {"i": 1}), Shard("b", {"i": 2}), Shard("a", {"i": 3})], square_worker,
+                       progress=False)
+        assert not store.done("b")  # refused before any work
+
+
+def test_settings_that_are_not_strict_json_are_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="finite numbers"):
+        ShardStore(tmp_path / "o", "toy", {"alpha": float("nan")})
+    assert not (tmp_path / "o").exists()
+
+
+def test_write_atomic_takes_bytes_and_names_the_path_on_failure(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    write_atomic(tmp_path / "b.bin", b"\x00\x01")
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as e:
+        write_atomic(tmp_path / "c.txt", "x")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "c.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bin"]
+
+
+def test_the_manifest_records_the_machine_outside_the_fingerprint(tmp_path):
+    import torch
+
+    with ShardStore(tmp_path, "toy", {"n": 1}) as store:
+        fp = store.fingerprint
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    machine = manifest["machines"][0]
+    assert {"cpu", "cpu_count", "torch", "torch_cuda", "torch_cpu_capability", "torch_threads", "gpus",
+            "torch_build"} <= set(machine)
+    assert machine["torch"] == torch.__version__ and manifest["versions"]["manifold_mixup"]
+    manifest["machines"][0]["cpu"] = "another CPU"  # the study resumes on another machine
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with ShardStore(tmp_path, "toy", {"n": 1}) as store:
+        assert store.fingerprint == fp
+    cpus = [m["cpu"] for m in json.loads((tmp_path / "manifest.json").read_text())["machines"]]
+    assert cpus == ["another CPU", machine["cpu"]]

@@ -112,3 +112,43 @@ def test_confmix_summary_with_one_seed_and_confmix_still_in_warm_up(tmp_path):
     rows = [{"method": m, "seed": s, "test_acc": 0.5 + 0.01 * s} for m in ("erm", "input-confmix") for s in range(2)]
     text, _ = summarise(ConfMixStudyConfig(methods=("erm", "input-confmix"), seeds=2, epochs=6), rows)
     assert "(2 seeds," in text and "95% interval" in text and "warm-up" not in text
+
+
+def test_help_shows_each_flags_meaning_and_the_configs_default(capsys):
+    from manifold_mixup.studies.confmix import ConfMixStudyConfig
+
+    for command in ("depth-study", "confmix-study", "spiral-figure"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        if command == "depth-study":
+            shown = ", ".join(f"{name}: {cfg.problems_per_k}" for name, cfg in PRESETS.items())
+            assert f"toy problems per number of classes K (default: {shown})" in text
+            assert "quick: 128 128 128" in text and "paper: 512 512 512" in text
+        if command == "confmix-study":
+            assert f"(default: {ConfMixStudyConfig().batch_size})" in text and "--train-fraction" in text
+        assert text.count("(default:") >= 8
+
+
+def test_flags_replace_only_the_config_fields_they_name(tmp_path, monkeypatch):
+    import manifold_mixup.studies.confmix as confmix
+    from manifold_mixup.studies.confmix import ConfMixStudyConfig
+
+    seen = {}
+    monkeypatch.setattr(confmix, "run_confmix_study", lambda cfg, out, **kw: seen.setdefault("cfg", cfg) and {"table": {}})
+    assert main(["confmix-study", "--out", str(tmp_path), "--epochs", "3", "--methods", "erm", "input-mixup"]) == 0
+    assert seen["cfg"] == ConfMixStudyConfig(epochs=3, methods=("erm", "input-mixup"))
+
+
+def test_confmix_study_on_a_fraction_of_the_training_images(tmp_path, capsys):
+    code = main(["confmix-study", "--seeds", "1", "--epochs", "1", "--methods", "erm", "--train-fraction", "0.1",
+                 "--out", str(tmp_path), "--no-progress"])
+    assert code == 0
+    # 1347 digits training images -> 135; batch min(250, 135 // 5) = 27: 5 steps an epoch
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["derived"] == {"n_train": 135, "batch_size_used": 27, "steps_per_epoch": 5}
+    assert manifest["settings"]["train_fraction"] == 0.1
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Training on 135 images" in summary and "batch 27 = min(250, 135 // 5)" in summary
+    assert main(["confmix-study", "--train-fraction", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "train_fraction" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -143,7 +143,7 @@ def ensure_dir(path: str | os.PathLike) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path, prefix=".probe.", suffix=_TMP_SUFFIX)
         os.close(fd)
-        os.unlink(probe)
+        Path(probe).unlink(missing_ok=True)  # a run holding the folder may have cleaned it up already
     except OSError as e:
         raise _os_error(e, path, "preparing the output folder") from None
     return path
@@ -345,7 +345,7 @@ class ShardStore:
         try:
             why = self._problem(key, read_json(p, "shard"))
         except UnreadableFileError as e:
-            why = str(e).split(" cannot be read ", 1)[-1]
+            why = "it cannot be read " + str(e).split(" cannot be read ", 1)[-1]
         if why is None:
             return True
         warnings.warn(f"shard {p}: {why}; recomputing it", stacklevel=2)

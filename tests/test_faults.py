@@ -1,0 +1,331 @@
+"""Studies under faults and bad input, as a careless or hostile user meets them through the CLI:
+one line on stderr and a non-zero exit, nothing written that blocks the corrected command, no
+lost or wrong result. Faults are injected (monkeypatched writes, a held lock), not timed kills."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import socket
+import threading
+
+import pytest
+
+import manifold_mixup.shards as shards_mod
+from manifold_mixup.cli import main
+from manifold_mixup.shards import ShardStore
+
+TINY = ["--preset", "quick", "--problems-per-k", "2", "--ks", "2", "3", "--hidden", "8", "8", "8", "--n-train", "40",
+        "--epochs", "1", "--batch-size", "20", "--grid-resolution", "16", "--mmlb-samples", "500",
+        "--problems-per-shard", "1", "--methods", "baseline", "k1", "--no-progress"]
+
+
+def depth(out, *extra):
+    return main(["depth-study", "--out", str(out), *TINY, *extra])
+
+
+def one_error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+def strict_load(path):
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+# -- settings are validated before anything is written ------------------------------------------
+
+BAD = [
+    (["--sigma-range", "1", "0"], "sigma_range"), (["--sigma-range", "0", "1"], "sigma_range"),
+    (["--mean-range", "nan", "1"], "mean_range"), (["--alpha", "inf"], "alpha"), (["--alpha", "0"], "alpha"),
+    (["--alpha", "1e308"], "alpha"), (["--lr", "nan"], "lr"), (["--lr", "-1"], "lr"),
+    (["--grid-resolution", "0"], "grid_resolution"), (["--seed", "-1"], "seed"), (["--epochs", "0"], "epochs"),
+    (["--ks", "2", "2"], r"ks lists \[2\] more than once"), (["--ks", "1"], "K must be"),
+    (["--methods", "baseline", "baseline", "k0"], r"methods lists \['baseline'\] more than once"),
+    (["--hidden", "0"], "hidden"), (["--batch-size", "1"], "batch_size"), (["--n-train", "50"], "multiple"),
+    (["--problems-per-shard", "0"], "problems_per_shard"), (["--mmlb-samples", "0"], "mmlb_samples"),
+    (["--components", "0"], "components"), (["--problems-per-k", "0"], "problems_per_k"),
+    (["--device", "tpu"], "device"), (["--address", "127.0.0.1:1"], "only used with --executor ray"),
+]
+
+
+@pytest.mark.parametrize("flags,names", BAD, ids=[" ".join(f) for f, _ in BAD])
+def test_a_refused_setting_leaves_nothing_behind(tmp_path, capsys, flags, names):
+    out = tmp_path / "run"
+    assert depth(out, *flags) == 2
+    line = one_error_line(capsys)
+    assert "error:" in line
+    import re
+
+    assert re.search(names, line), line
+    assert not out.exists()
+
+
+def test_the_corrected_command_runs_after_a_refusal_and_the_manifest_is_strict_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert depth(out, "--alpha", "nan") == 2
+    assert depth(out) == 0
+    manifest = strict_load(out / "manifest.json")
+    assert manifest["study"] == "depth-study" and manifest["settings"]["alpha"] == 0.5
+    machine = manifest["machines"][0]
+    import torch
+
+    assert machine["torch"] == torch.__version__ and machine["torch_threads"] == torch.get_num_threads()
+    assert machine["cpu"] and isinstance(machine["torch_build"], list)
+    # the machine is information: another thread count resumes and is recorded beside the first
+    old = torch.get_num_threads()
+    torch.set_num_threads(old + 1)
+    try:
+        assert depth(out) == 0
+    finally:
+        torch.set_num_threads(old)
+    manifest = strict_load(out / "manifest.json")
+    assert [m["torch_threads"] for m in manifest["machines"]] == [old, old + 1]
+
+
+# -- atomic outputs, stray temp files ---------------------------------------------------------------
+
+def test_a_write_killed_midway_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert depth(out) == 0
+    figure = (out / "figure2.png").read_bytes()
+    calls = {"n": 0}
+    real_replace = os.replace
+
+    def killed(src, dst):  # the process dies between writing the temp file and renaming it
+        if str(dst).endswith(".png"):
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(shards_mod.os, "replace", killed)
+    assert depth(out) == 130
+    assert "interrupted" in one_error_line(capsys)
+    monkeypatch.setattr(shards_mod.os, "replace", real_replace)
+    assert (out / "figure2.png").read_bytes() == figure
+    assert not [p for p in out.rglob("*.tmp")]
+    del calls
+
+
+def test_stray_temp_files_of_a_killed_run_are_removed_and_do_not_block(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".manifest.json.abc123.tmp").write_text('{"study": "depth-st')  # killed before its rename
+    (out / "shards").mkdir()
+    (out / "shards" / ".K2-p0000-0001.json.x.tmp").write_text("{")
+    assert depth(out) == 0
+    assert not list(out.rglob("*.tmp"))
+    assert strict_load(out / "manifest.json")["study"] == "depth-study"
+
+
+# -- unreadable, copied and foreign shards; an unreadable manifest --------------------------------
+
+def _results(out):
+    with open(out / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_bad_shards_are_named_and_recomputed(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert depth(out) == 0
+    capsys.readouterr()
+    good = _results(out)
+    shard_dir = out / "shards"
+    names = sorted(p.name for p in shard_dir.glob("*.json"))
+    (shard_dir / names[0]).write_text('{"key": "K2-p0000-0001", "rows": [')  # truncated
+    (shard_dir / names[1]).write_bytes((shard_dir / names[2]).read_bytes())  # another shard copied over it
+    foreign = json.loads((shard_dir / names[3]).read_text())
+    foreign["fingerprint"] = "0" * 16
+    (shard_dir / names[3]).write_text(json.dumps(foreign))  # a shard of other settings
+    assert depth(out) == 0
+    err = capsys.readouterr().err
+    for name, why in ((names[0], "cannot be read"), (names[1], "holds shard"), (names[3], "other settings")):
+        assert name in err and why in err and "recomputing it" in err
+    assert _results(out) == good  # no duplicated or missing rows
+
+
+def test_an_unreadable_manifest_is_named_and_a_deleted_one_is_rebuilt(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert depth(out) == 0
+    good = _results(out)
+    capsys.readouterr()
+    (out / "manifest.json").write_text("{junk")
+    assert depth(out) == 2
+    line = one_error_line(capsys)
+    assert str(out / "manifest.json") in line and "cannot be read" in line
+    (out / "manifest.json").unlink()  # what the user does; finished shards of these settings are kept
+    assert depth(out) == 0
+    assert "manifest.json was missing" in capsys.readouterr().err and _results(out) == good
+    assert depth(out, "--seed", "1") == 2  # other settings are still refused
+    assert "other settings" in one_error_line(capsys)
+
+
+# -- one study per folder ---------------------------------------------------------------------------
+
+def test_a_folder_in_use_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    with ShardStore(out, "depth-study", {"held": True}):  # another run, holding the folder
+        assert depth(out) == 2
+        line = one_error_line(capsys)
+        assert "in use by another run" in line and str(out) in line
+    assert depth(out) == 2  # released: now refused for holding other settings, not for the lock
+    assert "other settings" in one_error_line(capsys)
+
+
+def test_two_runs_started_together_one_wins(tmp_path):
+    import multiprocessing as mp
+
+    out = tmp_path / "run"
+    ctx = mp.get_context("spawn")  # no fork of a process that holds an OpenMP pool
+    barrier = ctx.Barrier(2)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_open_store, args=(str(out), seed, barrier, results)) for seed in (1, 2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    outcomes = [results.get(timeout=5) for _ in procs]
+    assert outcomes.count("ok") == 1, outcomes  # never both accepted
+    assert set(outcomes) - {"ok"} <= {"in use", "other settings"}
+    assert strict_load(out / "manifest.json")["settings"]["seed"] in (1, 2)
+
+
+def _open_store(out, seed, barrier, results):
+    import time
+
+    from manifold_mixup.shards import StudyInUseError, StudyMismatchError
+
+    barrier.wait()
+    try:
+        with ShardStore(out, "toy", {"seed": seed}):
+            time.sleep(0.5)
+        results.put("ok")
+    except StudyInUseError:
+        results.put("in use")
+    except StudyMismatchError:
+        results.put("other settings")
+
+
+# -- paths, permissions, a full disk, Ctrl-C ------------------------------------------------------
+
+def test_out_an_existing_file(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert depth(f) == 2
+    line = one_error_line(capsys)
+    assert str(f) in line and "not a folder" in line
+    assert main(["spiral-figure", "--out", str(f), "--epochs", "1"]) == 2
+    assert str(f) in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("code,hint", [(errno.EROFS, "writable --out"), (errno.EACCES, "may write to")])
+def test_read_only_or_forbidden_out(tmp_path, capsys, monkeypatch, code, hint):
+    def refuse(*a, **k):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(shards_mod.tempfile, "mkstemp", refuse)
+    out = tmp_path / "run"
+    assert depth(out) == 2
+    line = one_error_line(capsys)
+    assert str(out) in line and hint in line
+
+
+def test_a_full_disk_keeps_finished_shards_and_resumes(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    real = os.fsync
+    written = []
+
+    def fsync(fd):
+        written.append(fd)
+        if len(written) == 4:  # the manifest and two shards fit, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(shards_mod.os, "fsync", fsync)
+    assert depth(out) == 2
+    line = one_error_line(capsys)
+    assert "shards" in line and "free some space" in line
+    assert len(list((out / "shards").glob("*.json"))) == 2 and not list(out.rglob("*.tmp"))
+    monkeypatch.setattr(shards_mod.os, "fsync", real)
+    assert depth(out) == 0
+    assert len(_results(out)) == 4 * 2  # 4 shards of one problem, 2 methods each
+
+
+def test_really_full_disk_with_dev_full(capsys):
+    # /dev/full refuses every write with ENOSPC: an atomic write there fails cleanly, naming the path
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    with pytest.raises(OSError) as e:
+        with open("/dev/full", "w") as f:
+            f.write("x")
+            f.flush()
+    assert e.value.errno == errno.ENOSPC
+
+
+def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys):
+    import manifold_mixup.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_parser", interrupted)
+    assert main(["depth-study", "--out", "x"]) == 130
+    assert "interrupted" in one_error_line(capsys)
+
+
+# -- lazy shards and the time estimate ------------------------------------------------------------
+
+def test_a_huge_study_states_its_estimate_and_makes_no_shards_up_front(tmp_path, capsys, monkeypatch):
+    import tracemalloc
+
+    from manifold_mixup.studies.depth import PRESETS, shards_for
+
+    tracemalloc.start()
+    shards = shards_for(PRESETS["quick"].__class__(problems_per_k=10**9))
+    assert len(shards) == 4 * 10**8 and shards[-1].key == "K5-p999999990-1000000000"
+    assert tracemalloc.get_traced_memory()[1] < 5_000_000
+    tracemalloc.stop()
+
+    def stop(*a, **k):  # the first shard would start here
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("manifold_mixup.studies.depth.depth_shard", stop)
+    assert main(["depth-study", "--out", str(tmp_path / "huge"), "--problems-per-k", "1000000000", "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "estimated to take about" in err and "hours" in err
+
+
+# -- Ray: an address that is no Ray head ----------------------------------------------------------
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\n\r\n", b""], ids=["http1", "closes"])
+def test_an_address_that_is_no_ray_head_fails_in_one_line(tmp_path, capsys, reply):
+    pytest.importorskip("ray")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+
+    def serve():
+        conn, _ = server.accept()
+        conn.recv(64)
+        if reply:
+            conn.sendall(reply)
+        conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    import time
+
+    t0 = time.perf_counter()
+    assert depth(tmp_path / "run", "--executor", "ray", "--address", f"127.0.0.1:{port}") == 2
+    assert time.perf_counter() - t0 < 4
+    line = one_error_line(capsys)
+    assert "is not a Ray head" in line
+    assert not (tmp_path / "run").exists()
+    server.close()
