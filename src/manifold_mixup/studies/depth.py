@@ -355,9 +355,10 @@ def _over_training(cfg: DepthStudyConfig, rows: list[dict], epochs: list[int], q
         first = min(gain + loss, default=None)
         signs[m] = {"first_epoch": first, "direction": None if first is None else ("gain" if first in gain else "loss"),
                     "gain_epochs": gain, "loss_epochs": loss}
-        lines.append(f"- {LABELS.get(m, m)}: " + ("never" if first is None else
-                     f"first at epoch {first} ({'lower' if first in gain else 'higher'} excess risk than the baseline)")
-                     + f"; lower at epochs {gain or 'none'}, higher at epochs {loss or 'none'}.")
+        listed = lambda es: ", ".join(map(str, es)) or "none"  # noqa: E731
+        lines.append(f"- {LABELS.get(m, m)}: " + ("the interval holds 0 at every epoch." if first is None else
+                     f"first at epoch {first} ({'lower' if first in gain else 'higher'} excess risk than the baseline); "
+                     f"lower at epochs {listed(gain)}, higher at epochs {listed(loss)}."))
     lines += ["", "## Over training: difference to the baseline (pp) by normalised-MMLB quartile [95% CI]", "",
               "| Model | epoch | " + " | ".join(qlabels) + " |", "|---|---|" + "---|" * 4]
     for m in mixing:
