@@ -158,7 +158,8 @@ def plot_alpha_trajectories(rows: list[dict], path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("alpha")
     axes[0][1].set_ylabel("weight of the partner row")
-    axes[0][1].legend(fontsize=7, loc="best")
+    if methods:  # an ERM-only study has no trajectory to label
+        axes[0][1].legend(fontsize=7, loc="best")
     fig.tight_layout()
     _save(fig, path, 150)
 

@@ -18,7 +18,7 @@ import torch
 from ..data import DATASETS, load_dataset
 from ..models import PAPER_CNN_MIX_LAYER, paper_cnn
 from ..policies import AlphaPolicy, ConfMix, Constant, HalfConfMix, RampDown, RampUp
-from ..shards import Shard, run_study, write_atomic
+from ..shards import Shard, ShardList, run_study, write_atomic
 from ..stats import mean_interval
 from ..train import train_classifier
 from ..devices import resolve_device
@@ -156,9 +156,26 @@ def train_one(payload: dict) -> list[dict]:
     }]
 
 
-def shards_for(cfg: ConfMixStudyConfig) -> list[Shard]:
+def shards_for(cfg: ConfMixStudyConfig) -> ShardList:
+    """One shard per (seed, method), seed-major, made on demand."""
     config = {**asdict(cfg), "methods": list(cfg.methods)}
-    return [Shard(f"{m}-seed{s:03d}", {"config": config, "method": m, "seed": s}) for s in range(cfg.seeds) for m in cfg.methods]
+    nm = len(cfg.methods)
+
+    def make(i: int) -> Shard:
+        s, m = divmod(i, nm)
+        return Shard(f"{cfg.methods[m]}-seed{s:03d}", {"config": config, "method": cfg.methods[m], "seed": s})
+
+    return ShardList(cfg.seeds * nm, make)
+
+
+def estimated_cpu_seconds(cfg: ConfMixStudyConfig, n_train: int, image_shape: tuple[int, int, int],
+                          threads: int | None = None) -> float:
+    """A rough time of the study on a CPU: the CNN's training FLOPs (3x its forward, ERM; mixing
+    and ConfMix add up to a third) at ~10 GFLOP/s per thread."""
+    c, h, w = image_shape
+    forward = 2 * (h * w * 32 * 9 * c + (h // 2) * (w // 2) * 64 * 32 * 9 + 64 * (h // 4) * (w // 4) * 64 + 64 * 10)
+    flops = 3 * forward * n_train * cfg.epochs * cfg.seeds * len(cfg.methods)
+    return flops / (10e9 * (threads or torch.get_num_threads()))
 
 
 def _steps(cfg: ConfMixStudyConfig, n_train: int) -> int:
@@ -217,7 +234,13 @@ def run_confmix_study(cfg: ConfMixStudyConfig, out: str | Path, executor: str = 
     from .report import write_csv
 
     resolve_device(cfg.device)  # fail before any work when the device or the data are missing
-    n_train = cfg.load().x_train.shape[0]
+    data = cfg.load()
+    n_train = data.x_train.shape[0]
+    if resolve_device(cfg.device).type == "cpu" and estimated_cpu_seconds(cfg, n_train, data.image_shape) > 3600:
+        hours = estimated_cpu_seconds(cfg, n_train, data.image_shape) / 3600
+        warnings.warn(f"this study is estimated to take about {hours:.1f} hours on this CPU ({torch.get_num_threads()} "
+                      "threads); finished shards are kept if you stop it", stacklevel=2)
+    del data
     if _confmix_never_on(cfg):
         warnings.warn(f"epochs = {cfg.epochs} <= warmup_epochs = {cfg.warmup_epochs}: the ConfMix methods never leave "
                       "their warm-up and train exactly as ERM", stacklevel=2)
