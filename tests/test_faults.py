@@ -329,3 +329,13 @@ def test_an_address_that_is_no_ray_head_fails_in_one_line(tmp_path, capsys, repl
     assert "is not a Ray head" in line
     assert not (tmp_path / "run").exists()
     server.close()
+
+
+def test_a_figure_is_never_renamed_over_a_device_or_a_folder(tmp_path, capsys):
+    assert main(["figure2", "--out", "/dev/full"]) == 2
+    line = one_error_line(capsys)
+    assert "/dev/full: exists and is not a regular file" in line
+    assert os.path.exists("/dev/full") and not os.path.isfile("/dev/full")
+    assert main(["figure2", "--out", str(tmp_path)]) == 2
+    assert "give a file name, not a folder" in one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []

@@ -112,6 +112,9 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     an fsync and a rename: readers see the old file or the whole new one, never a part.
     An OSError (disk full, read-only, permissions) names ``path`` and leaves no temporary file."""
     path = Path(path)
+    if path.is_dir() or (path.exists() and not path.is_file()):  # never rename over a folder or a device
+        raise OSError(errno.EISDIR if path.is_dir() else errno.EEXIST,
+                      "exists and is not a regular file", str(path))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
