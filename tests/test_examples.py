@@ -31,7 +31,8 @@ def test_plain_pytorch_loop():
 
 @pytest.mark.slow
 def test_hugging_face_trainer_with_compute_loss_override():
-    pytest.importorskip("accelerate")
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")  # the Trainer needs it
     result = run_example("hf_trainer.py", "--steps", "3", "--batch-size", "8")
     assert result["steps"] == 3
     assert result["train_loss"] > 0 and result["eval_loss"] > 0
