@@ -339,3 +339,21 @@ def test_a_figure_is_never_renamed_over_a_device_or_a_folder(tmp_path, capsys):
     assert main(["figure2", "--out", str(tmp_path)]) == 2
     assert "give a file name, not a folder" in one_error_line(capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_out_of_memory_is_one_line_and_a_bug_still_shows_its_traceback(tmp_path, capsys, monkeypatch):
+    def oom(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 4000000000000 bytes.")
+
+    monkeypatch.setattr("manifold_mixup.studies.depth.run_depth_study", oom)
+    assert depth(tmp_path / "run") == 2
+    line = one_error_line(capsys)
+    assert "out of memory" in line and "finished shards are kept" in line
+
+    def bug(*a, **k):
+        raise RuntimeError("shape mismatch in the library")
+
+    monkeypatch.setattr("manifold_mixup.studies.depth.run_depth_study", bug)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        depth(tmp_path / "run")

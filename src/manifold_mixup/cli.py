@@ -228,6 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, StudyMismatchError, ImportError) as e:
             print(f"manifold-mixup {command}: error: {e}", file=sys.stderr)
             return 2
+        except (MemoryError, RuntimeError) as e:  # torch's out-of-memory errors are RuntimeErrors
+            text = str(e) or type(e).__name__
+            if not isinstance(e, MemoryError) and "out of memory" not in text and "allocate memory" not in text:
+                raise
+            print(f"manifold-mixup {command}: error: out of memory ({text.splitlines()[0][:200]}); use smaller "
+                  "settings (e.g. fewer problems per shard, narrower models); finished shards are kept", file=sys.stderr)
+            return 2
         print(json.dumps({"command": command, "seconds": round(time.perf_counter() - t0, 1), "result": result}))
         return 0
     except KeyboardInterrupt:

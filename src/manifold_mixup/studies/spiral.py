@@ -47,9 +47,10 @@ class SpiralConfig:
 
 
 def run_spiral_figure(cfg: SpiralConfig, out: str | Path) -> dict:
-    """Train ERM and mixing at k = 0..depth, write ``spiral.png`` into ``out``; return accuracies."""
+    """Train ERM and mixing at k = 0..depth, write ``spiral.png`` and ``manifest.json`` (settings,
+    accuracies, versions, the machine) into ``out``; return the settings and accuracies."""
     from ..plots import plot_decision_grid
-    from ..shards import ensure_dir
+    from ..shards import _versions, ensure_dir, machine_info, strict_json, write_atomic
 
     out = ensure_dir(out)  # an unusable folder fails now, not after the training
     x, y = spiral(cfg.n, cfg.seed, noise=cfg.noise, turns=cfg.turns)
@@ -72,4 +73,8 @@ def run_spiral_figure(cfg: SpiralConfig, out: str | Path) -> dict:
             labels = model.eval()(points).argmax(-1).reshape(cfg.resolution, cfg.resolution)
         panels.append((f"{name}\ntrain acc {100 * acc[name]:.1f}%", None, labels.numpy()))
     plot_decision_grid(panels, x.numpy(), y.numpy(), (-lim, lim, -lim, lim), out / "spiral.png")
-    return {"config": asdict(cfg), "train_accuracy": acc}
+    result = {"config": asdict(cfg), "train_accuracy": acc}
+    write_atomic(out / "manifest.json", strict_json({"study": "spiral-figure", "settings": result["config"],
+                                                     "train_accuracy": acc, "versions": _versions(),
+                                                     "machines": [machine_info()]}, "the manifest", indent=2) + "\n")
+    return result
