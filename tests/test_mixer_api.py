@@ -130,24 +130,29 @@ def test_fresh_confmix_through_the_clean_prefix_equals_the_extra_forward():
 @pytest.mark.parametrize("wrap", ["torch.compile", "model.compile"])
 def test_compiled_models_take_the_original_names_without_graph_breaks(wrap):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    model = Residual()
     plain = copy.deepcopy(model)
+    x, y = data(b=6)
+    other = torch.compile(copy.deepcopy(plain), backend="aot_eager")
+    other(x)  # compiled code of the same structure, traced before any mixer existed
     if wrap == "torch.compile":
         run = torch.compile(model, backend="aot_eager", fullgraph=True)  # fullgraph: a graph break is an error
     else:
         model.compile(backend="aot_eager", fullgraph=True)
         run = model
-    mixer = mm.ManifoldMixup(run, ["1", "3"], alpha=0.5, generator=0)
-    ref = mm.ManifoldMixup(plain, ["1", "3"], alpha=0.5, generator=0)
-    x, y = data(b=6)
+    run(x)  # the model itself called once before the mixer is made
+    mixer = mm.ManifoldMixup(run, ["stem", "block"], alpha=0.5, generator=0)
+    ref = mm.ManifoldMixup(plain, ["stem", "block"], alpha=0.5, generator=0)
     for _ in range(4):
         a, ta = mixer(x, y)
         b, tb = ref(x, y)
+        assert mixer.last_plan.layer == ref.last_plan.layer
         assert torch.allclose(a, b, atol=1e-6) and torch.equal(ta, tb)
         a.sum().backward()
+        assert torch.allclose(run(x), plain(x), atol=1e-6)  # plain calls between mixed ones stay plain
     assert all(p.grad is not None for p in model.parameters())
     if wrap == "torch.compile":  # the wrapper's own names are accepted too
-        assert mm.ManifoldMixup(run, ["_orig_mod.1"]).layers == ["1"]
+        assert mm.ManifoldMixup(run, ["_orig_mod.block"]).layers == ["block"]
 
 
 class KwModel(nn.Module):

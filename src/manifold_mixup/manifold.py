@@ -96,6 +96,7 @@ class _MixHook:
 
     def __init__(self, name: str, selector: Selector | None) -> None:
         self.name, self.selector = name, selector
+        self.active = False  # set for the one mixer call that mixes at this layer
         self.plan: MixPlan | None = None
         self.make_plan: Callable[[Tensor], MixPlan] | None = None
         self.fired = False
@@ -107,6 +108,8 @@ class _MixHook:
         return mix(h, self.plan)
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if not self.active:
+            return None
         if self.fired:
             if not self.warned:
                 self.warned = True
@@ -223,12 +226,25 @@ class ManifoldMixup:
         rank = _ddp_rank(model)
         self._stream = PlanStream(generator, () if rank is None else (rank,))
         self._hooks = {n: _MixHook(n, self.select.get(n)) for n in self.layers if n not in self._input_names}
+        # Compiled code does not see hooks added after it was traced (dynamo skips guards on module
+        # hooks, and reuses graphs across modules of one structure): on a compiled model the
+        # hooks stay on for the mixer's life, inactive outside its calls (graphs: one without
+        # mixing, one per layer), and torch.compile's caches are reset once so that they are seen.
+        self._compiled = _is_compiled(model)
+        self._handles = []
+        if self._compiled:
+            self._handles = [base.get_submodule(n).register_forward_hook(h) for n, h in self._hooks.items()]
+            torch.compiler.reset()
         self.last_plan: LastPlan | None = None
         self._removed = False
 
     # -- life cycle -----------------------------------------------------------------------
     def remove(self) -> None:
-        """Retire the mixer: later calls are refused. (Hooks exist only during a mixer call.)"""
+        """Retire the mixer: later calls are refused. (Hooks exist only during a mixer call, except
+        on a compiled model, where they are taken off now.)"""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
         self._removed = True
 
     def __enter__(self) -> "ManifoldMixup":
@@ -321,15 +337,18 @@ class ManifoldMixup:
             out = self._call(self._mix_input(x, plan), args, kwargs)
         else:
             hook = self._hooks[layer]
-            hook.plan, hook.make_plan, hook.fired = plan, make_plan, False
-            handle = unwrap(self.model).get_submodule(layer).register_forward_hook(hook)
+            hook.plan, hook.make_plan, hook.fired, hook.active = plan, make_plan, False, True
+            handle = None if self._compiled else unwrap(self.model).get_submodule(layer).register_forward_hook(hook)
             try:
                 out = self._call(x, args, kwargs)
             finally:
-                handle.remove()
-                plan, hook.plan, hook.make_plan = hook.plan, None, None
+                if handle is not None:
+                    handle.remove()
+                plan, hook.plan, hook.make_plan, hook.active = hook.plan, None, None, False
             if not hook.fired:
-                raise RuntimeError(f"layer {layer!r} did not run in the forward pass, so nothing was mixed")
+                why = (" (compiled code traced after the mixer was made without its hooks? call torch.compiler.reset())"
+                       if self._compiled else "")
+                raise RuntimeError(f"layer {layer!r} did not run in the forward pass, so nothing was mixed{why}")
         logits = self._logits(out)
         targets = self._targets(y, logits, plan)
         self.policy.observe(index, logits.detach(), y)
@@ -449,6 +468,17 @@ class ManifoldMixup:
         else:
             t = (y if y.dtype.is_floating_point else y.float()).to(logits.device)
         return t if plan is None else mix(t, plan)
+
+
+def _is_compiled(model: nn.Module) -> bool:
+    """``torch.compile(model)`` somewhere in the wrappers, or ``compile()`` called on a module."""
+    m = model
+    while True:
+        if isinstance(getattr(m, "_orig_mod", None), nn.Module):
+            return True
+        if not isinstance(m, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            return any(getattr(sub, "_compiled_call_impl", None) is not None for sub in m.modules())
+        m = m.module
 
 
 def _ddp_rank(model: nn.Module) -> int | None:
