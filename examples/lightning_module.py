@@ -5,8 +5,8 @@
 
 The mixer wraps the network inside the LightningModule. Lightning wraps the whole module for
 distributed training and calls ``training_step`` through that wrapper, so gradients are
-synchronised as usual; the mixer's stream is seeded with the rank (``self.global_rank``) so that
-the ranks draw different plans.
+synchronised as usual. The mixer is made in ``setup``, where ``torch.distributed`` is initialised
+under a distributed strategy: each rank then draws from its own stream (the seed and the rank).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ class MixupClassifier(L.LightningModule):
         self.mixer = None
 
     def setup(self, stage: str) -> None:
-        if self.mixer is None:  # the rank is known here; "6" is the flatten before the first linear layer
+        if self.mixer is None:  # "6" is the flatten before the first linear layer
             self.mixer = mm.ManifoldMixup(self.net, ["input", "6"], alpha=self.hparams.alpha,
-                                          generator=torch.Generator().manual_seed(self.hparams.seed + self.global_rank))
+                                          generator=torch.Generator().manual_seed(self.hparams.seed))
 
     def forward(self, x):
         return self.net(x)

@@ -193,7 +193,7 @@ def test_bad_input_is_refused_with_clear_messages():
     with pytest.raises(ValueError, match=r"targets have shape \(5,\) but the input has a batch of 6"):
         mixer(x, y[:5])
     with pytest.raises(ValueError, match="per_sample=True"):
-        mm.ManifoldMixup(model, ["block"], alpha=mm.ConfMix(warmup_epochs=0), per_sample=False, generator=0)(x, y)
+        mm.ManifoldMixup(model, ["block"], alpha=mm.ConfMix(warmup_epochs=0), per_sample=False, generator=0)
     with pytest.raises(ValueError, match="layer_weights"):
         mm.ManifoldMixup(model, ["block", "stem"], layer_weights=[1.0])
 

@@ -344,3 +344,10 @@ def test_inductor_compiled_model_mixes_like_the_eager_model():
     for _ in range(3):
         (a, ta), (b, tb) = mixer(x, y), ref(x, y)
         assert torch.allclose(a, b, atol=1e-5) and torch.equal(ta, tb)
+
+
+def test_settings_a_policy_cannot_use_are_refused_when_the_mixer_is_made():
+    with pytest.raises(ValueError, match="needs num_classes=K"):
+        mm.ManifoldMixup(Residual(), ["block"], alpha=mm.ConfMix(confidence="cached"))
+    with pytest.raises(ValueError, match="per_sample=True"):
+        mm.ManifoldMixup(Residual(), ["block"], alpha=mm.HalfConfMix(), per_sample=False)

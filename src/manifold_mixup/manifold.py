@@ -123,27 +123,34 @@ class _MixHook:
 class ManifoldMixup:
     """Train ``model`` on mixed hidden states, mixing at one of ``layers`` per call.
 
-    model: any nn.Module (also ``torch.compile``-d, ``model.compile()``-d or wrapped in
-      ``DistributedDataParallel``: the mixer calls it as given and names layers as in the module
-      inside the wrapper).
-    layers: a name or names from ``model.named_modules()``, or ``"input"`` for input mixup (spelled
-      ``"<input>"`` when the model has a submodule named ``input``).
-    alpha: a number >= 0 (lambda ~ Beta(alpha, alpha); 0 = no mixing) or an ``AlphaPolicy``.
-    per_sample: one lambda per row (True) or one per batch (False).
-    generator: a CPU ``torch.Generator`` or an int seed; one draw seeds the ``PlanStream`` from which
-      every layer, permutation and lambda is drawn (under DDP, one stream per rank).
-    layer_weights: probabilities of drawing each layer (default uniform).
-    select: for layers whose output is a tuple/list/dict, ``{name: index | key | fn}``.
-    num_classes: K, to check class labels before the forward; otherwise taken from the logits.
-    label_smoothing: eps in [0, 1) applied to classification targets before mixing.
-    task: ``"classification"`` (class indices [B] or soft rows [B, K] summing to 1),
-      ``"multilabel"`` (rows [B, K] in [0, 1]) or ``"regression"`` (float targets [B, ...]); all
-      mixed as ``lam*y + (1-lam)*y[perm]``.
-    logits: a function from the model's output to the prediction tensor; by default a tensor is
-      taken as it is and an object with ``.logits`` (Hugging Face) gives that.
-    input_key: for mapping batches (``model(**batch)``), the key of the tensor that ``"input"`` mixes.
-    reuse_prefix: let adaptive policies that need fresh confidences take them from the clean
-      hidden state where that gives the same numbers (``confidence.suffix_cut``).
+    The mixer is a plain object: ``copy.deepcopy`` gives an independent mixer over a copy of the
+    model, ``pickle`` round-trips it, and ``state_dict`` holds only its own state.
+
+    Args:
+        model: any ``nn.Module``, also one given to ``torch.compile``, one whose ``compile()`` was
+            called, or one wrapped in ``DistributedDataParallel``: the mixer calls it as given and
+            names layers as in the module inside the wrapper.
+        layers: a name or names from ``model.named_modules()``, or ``"input"`` for input mixup
+            (spelled ``"<input>"`` when the model has a submodule named ``input``).
+        alpha: a number >= 0 (lambda ~ Beta(alpha, alpha); 0 = no mixing) or an ``AlphaPolicy``.
+        per_sample: one lambda per row (True) or one per batch (False).
+        generator: a CPU ``torch.Generator`` or an int seed; one draw seeds the ``PlanStream``
+            from which every layer, permutation and lambda is drawn (one stream per rank when
+            ``torch.distributed`` is initialised).
+        layer_weights: probabilities of drawing each layer (default uniform).
+        select: for layers whose output is a tuple, list or dict, ``{name: index | key | fn}``
+            with ``fn(output, mix) -> new_output``.
+        num_classes: K, to check class labels before the forward; otherwise taken from the logits.
+        label_smoothing: eps in [0, 1) applied to classification targets before mixing.
+        task: ``"classification"`` (class indices [B] or soft rows [B, K] summing to 1),
+            ``"multilabel"`` (rows [B, K] in [0, 1]) or ``"regression"`` (float targets
+            [B, ...]); all mixed as ``lam*y + (1-lam)*y[perm]``.
+        logits: a function from the model's output to the prediction tensor; by default a
+            tensor is taken as it is and an object with ``.logits`` (Hugging Face) gives that.
+        input_key: for mapping batches (``model(**batch)``), the key of the tensor that
+            ``"input"`` mixes.
+        reuse_prefix: let policies that need fresh confidences take them from the clean hidden
+            state where that gives the same numbers (``manifold_mixup.confidence.suffix_cut``).
     """
 
     def __init__(
@@ -202,6 +209,7 @@ class ManifoldMixup:
             raise ValueError(f"task must be one of {TASKS}; got {task!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}")
+        self.policy.check(num_classes=num_classes, per_sample=per_sample)
         if label_smoothing and task != "classification":
             raise ValueError(f"label_smoothing applies to classification targets only; task={task!r}")
         if logits is not None and not callable(logits):
@@ -262,6 +270,7 @@ class ManifoldMixup:
         return {"policy": self.policy.state_dict(), "stream": copy.deepcopy(self._stream.state)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a ``state_dict()``: the policy's state and the random stream's."""
         if set(state) != {"policy", "stream"}:
             raise ValueError(f"a mixer state has the keys 'policy' and 'stream'; got {sorted(state)}")
         self.policy.load_state_dict(state["policy"])
@@ -276,12 +285,20 @@ class ManifoldMixup:
                  layer: str | None = None, **kwargs: Any) -> tuple[Tensor, Tensor]:
         """Mixed forward: ``(logits, targets)``.
 
-        x: the input batch [B, ...], or a mapping of model keyword arguments (``model(**x)``).
-        y: targets (see ``task``); args, kwargs: passed to the model unchanged.
-        index: LongTensor [B] of sample indices, for policies that need them (cached ConfMix).
-        plan, layer: replay a given plan at a given layer (the policy is not consulted).
-        Classification returns soft target rows [B, K]; the other tasks the mixed targets.
         In eval mode nothing is mixed and the targets are the (smoothed) unmixed ones.
+
+        Args:
+            x: the input batch [B, ...], or a mapping of model keyword arguments (``model(**x)``).
+            y: targets (see ``task``).
+            *args: passed to the model unchanged, after ``x``.
+            index: LongTensor [B] of sample indices, for policies that need them (cached ConfMix).
+            plan: replay this ``MixPlan`` (with ``layer``; the policy is not consulted).
+            layer: the layer at which ``plan`` is replayed.
+            **kwargs: passed to the model unchanged (``attention_mask=...``).
+
+        Returns:
+            The logits, and the targets: soft rows [B, K] for classification, the mixed targets
+            otherwise.
         """
         if self._removed:
             raise RuntimeError("this mixer was removed (mixer.remove() or the end of its with-block); make a new one")
@@ -482,14 +499,8 @@ def _is_compiled(model: nn.Module) -> bool:
 
 
 def _ddp_rank(model: nn.Module) -> int | None:
-    """The process rank when the model is wrapped in DistributedDataParallel, else None."""
-    m = model
-    while True:
-        if isinstance(m, nn.parallel.DistributedDataParallel):
-            import torch.distributed as dist
+    """The process rank when torch.distributed is initialised (DDP, or a framework such as Lightning
+    that wraps the model itself), else None."""
+    import torch.distributed as dist
 
-            return dist.get_rank(m.process_group) if dist.is_initialized() else 0
-        inner = getattr(m, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return None
-        m = inner
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else None

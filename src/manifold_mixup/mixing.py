@@ -45,8 +45,9 @@ MAX_ALPHA = 1e12
 class MixPlan:
     """How one batch is mixed: row i becomes ``lam[i] * h[i] + (1 - lam[i]) * h[perm[i]]``.
 
-    perm: LongTensor [B], a permutation of 0..B-1.
-    lam:  float Tensor [B], each in [0, 1]; per-batch mode repeats one value.
+    Attributes:
+        perm: LongTensor [B], a permutation of 0..B-1.
+        lam: float Tensor [B], each in [0, 1]; per-batch mode repeats one value.
     """
 
     perm: Tensor

@@ -11,6 +11,8 @@ for every policy alike (it knows no policy type):
 - ``beta_parameter(alpha)``: the Beta parameter actually drawn from (half ConfMix halves it).
 - ``observe(index, logits, labels)``: after the forward, the batch's sample indices (or None),
   detached training logits and labels as given, for policies that keep statistics per sample.
+- ``check(num_classes=..., per_sample=...)``: called when a mixer is made, to refuse settings the
+  policy cannot work with before any training.
 
 The training loop calls ``mixer.set_epoch(t)`` (t in epochs, fractional allowed:
 ``epoch + i / steps``) before each batch. Each policy records, per whole epoch, the mean alpha it
@@ -75,6 +77,9 @@ class AlphaPolicy:
 
     def observe(self, index: Tensor | None, logits: Tensor, labels: Tensor) -> None:
         """Called after each mixed forward with the detached logits; does nothing by default."""
+
+    def check(self, *, num_classes: int | None, per_sample: bool) -> None:
+        """Raise ValueError if a mixer with these settings cannot use this policy (none by default)."""
 
     # -- records ----------------------------------------------------------------------------
     def record(self, alpha: float | np.ndarray, lam: np.ndarray) -> None:
@@ -224,6 +229,14 @@ class ConfMix(AlphaPolicy):
 
     def beta_parameter(self, alpha: float | np.ndarray) -> float | np.ndarray:
         return alpha / 2 if self.half else alpha
+
+    def check(self, *, num_classes: int | None, per_sample: bool) -> None:
+        if not per_sample:
+            raise ValueError("ConfMix sets alpha per sample: it needs per_sample=True")
+        if self.confidence == "cached" and num_classes is None:
+            # (otherwise the first call after the warm-up would fail, epochs into training)
+            raise ValueError("ConfMix(confidence='cached') needs num_classes=K on the mixer (unseen samples get "
+                             "confidence 1/K)")
 
     # -- cached confidences -------------------------------------------------------------
     def _grow(self, index: Tensor, device: torch.device) -> Tensor:
