@@ -129,9 +129,45 @@ def test_the_manifest_records_the_machine_outside_the_fingerprint(tmp_path):
     assert {"cpu", "cpu_count", "torch", "torch_cuda", "torch_cpu_capability", "torch_threads", "gpus",
             "torch_build"} <= set(machine)
     assert machine["torch"] == torch.__version__ and manifest["versions"]["manifold_mixup"]
+    cpu = machine["cpu"]
     manifest["machines"][0]["cpu"] = "another CPU"  # the study resumes on another machine
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with ShardStore(tmp_path, "toy", {"n": 1}) as store:
         assert store.fingerprint == fp
     cpus = [m["cpu"] for m in json.loads((tmp_path / "manifest.json").read_text())["machines"]]
-    assert cpus == ["another CPU", machine["cpu"]]
+    assert cpus == ["another CPU", cpu]
+
+
+def test_threads_are_fitted_to_the_free_cores_before_each_shard(tmp_path, monkeypatch):
+    import os
+
+    import torch
+
+    import manifold_mixup.shards as shards_mod
+
+    cores = len(os.sched_getaffinity(0))
+    seen = []
+    busy = iter([cores] * 3)  # the first shard's three looks: every core taken by others; then a quiet machine
+
+    def others():
+        return next(busy, 0)
+
+    def worker(payload):
+        seen.append(torch.get_num_threads())
+        return [payload]
+
+    monkeypatch.setattr(shards_mod, "_runnable_others", others)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    old = torch.get_num_threads()
+    monkeypatch.setenv("MANIFOLD_MIXUP_THREADS", "auto")
+    try:
+        with ShardStore(tmp_path, "toy", {}) as store:
+            run_shards(store, [Shard("a", {"i": 0}), Shard("b", {"i": 1})], worker, progress=False)
+        assert torch.get_num_threads() == old  # restored for the next study
+    finally:
+        torch.set_num_threads(old)
+    assert seen == [1, min(old, cores)]  # never more than torch had at the start
+    monkeypatch.setenv("MANIFOLD_MIXUP_THREADS", "many")
+    with ShardStore(tmp_path / "x", "toy", {}) as store:
+        with pytest.raises(ValueError, match="MANIFOLD_MIXUP_THREADS must be 'auto' or a number"):
+            run_shards(store, [Shard("a", {"i": 0})], worker, progress=False)

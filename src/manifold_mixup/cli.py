@@ -13,10 +13,11 @@ import sys
 
 __all__ = ["main"]
 
-# Threads of torch's OpenMP pool sleep at once when they run out of work instead of spinning:
-# two multi-threaded torch processes on the same cores then stop stalling each other (see
-# BENCHMARKS.md, "Under load"). Set before torch is imported; an explicit setting wins.
-THREADING_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+# Before each shard, torch's threads are fitted to the cores no other task is using (shards.
+# fit_threads_to_load): two multi-threaded torch processes on the same cores stall each other at
+# every parallel op. An explicit setting in the environment wins (a number of threads, or empty
+# to leave torch alone). BENCHMARKS.md, "Under load", has the measurements.
+THREADING_ENV = {"MANIFOLD_MIXUP_THREADS": "auto"}
 
 # (flag, config field, type, nargs, metavar, meaning)
 _DEPTH_FLAGS = [
@@ -205,8 +206,17 @@ def _one_line_warnings(command: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for k, v in THREADING_ENV.items():
-        os.environ.setdefault(k, v)
+    added = [k for k in THREADING_ENV if k not in os.environ]
+    for k in added:
+        os.environ[k] = THREADING_ENV[k]
+    try:
+        return _main(argv)
+    finally:  # main() called from Python leaves the environment as it found it
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def _main(argv: list[str] | None) -> int:
     command = "command"
     try:
         import json

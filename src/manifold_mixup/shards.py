@@ -401,6 +401,60 @@ def _check_address(address: str, timeout: float = 5.0) -> None:
                               f"{timeout:g} s); give the address of the head node's GCS port (default 6379)")
 
 
+THREADS_ENV = "MANIFOLD_MIXUP_THREADS"
+
+
+def _runnable_others() -> int:
+    """Runnable tasks on the machine, less this process's own running threads (Linux /proc;
+    0 where it cannot be read)."""
+    try:
+        total = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        own = 0
+        for task in Path("/proc/self/task").iterdir():
+            stat = (task / "stat").read_text()
+            own += stat[stat.rindex(")") + 2] == "R"
+    except (OSError, ValueError, IndexError):
+        return 0
+    return max(0, total - own)
+
+
+def fit_threads_to_load(max_threads: int) -> int:
+    """Set torch's intra-op threads to the cores no other task is using (at least 1, at most
+    ``max_threads``) and return the number. Two multi-threaded torch processes on the same cores
+    stall each other at every parallel op (a run beside a copy of itself took 10-20x its time
+    alone); with one thread each they share the cores at the cost of parallelism only."""
+    import time
+
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    others = []
+    for i in range(3):  # the least of three looks: a passing process should not cost a thread
+        if i:
+            time.sleep(0.005)
+        others.append(_runnable_others())
+    threads = max(1, min(max_threads, cores - min(others)))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def _thread_policy() -> int | None:
+    """``MANIFOLD_MIXUP_THREADS``: unset (leave torch's threads alone), 'auto' (fit them to the
+    load before each shard, up to torch's setting at the start) or a number of threads."""
+    value = os.environ.get(THREADS_ENV, "").strip().lower()
+    if not value:
+        return None
+    import torch
+
+    if value == "auto":
+        return -torch.get_num_threads()  # negative: adapt, up to this many
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{THREADS_ENV} must be 'auto' or a number of threads >= 1; got {value!r}")
+    torch.set_num_threads(int(value))
+    return int(value)
+
+
 def _unique_keys(shards: Sequence[Shard]) -> None:
     if isinstance(shards, ShardList):  # made by index: unique by construction
         return
@@ -432,17 +486,24 @@ def run_shards(
     _unique_keys(shards)
     from tqdm.auto import tqdm
 
+    policy = _thread_policy() if executor == "local" else None
     bar = tqdm(total=len(shards), desc=desc, unit="shard", disable=not progress, smoothing=0.1)
+    if policy is not None and policy < 0:
+        import torch
     try:
         if executor == "local":
             for s in shards:
                 if not store.done(s.key):
+                    if policy is not None and policy < 0:
+                        fit_threads_to_load(-policy)
                     store.save(s.key, worker(s.payload))
                 bar.update(1)
         else:
             _run_ray(store, shards, worker, address, bar, gpus_per_task)
     finally:
         bar.close()
+        if policy is not None and policy < 0:
+            torch.set_num_threads(-policy)  # as it was: the next study starts from the same ceiling
     return store.rows(shards)
 
 
