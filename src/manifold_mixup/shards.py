@@ -184,7 +184,8 @@ def _cpu_model() -> str:
 
 def machine_info() -> dict:
     """The machine a study runs on: CPU model, cores, GPU names (when CUDA is visible), torch's
-    version, build (CUDA version, CPU capability, the build configuration) and its threads.
+    version, build (CUDA version, CPU capability, the build configuration) and its threads at the
+    start (``MANIFOLD_MIXUP_THREADS=auto``, the CLI's default, may lower them per shard under load).
     Information for the reader, not part of a study's settings: a study resumes on any machine."""
     import torch
 
@@ -197,7 +198,8 @@ def machine_info() -> dict:
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
-        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ},
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "MANIFOLD_MIXUP_THREADS")
+                if k in os.environ},
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         if torch.cuda.is_available() else [],
         "torch_build": [line.strip() for line in torch.__config__.show().splitlines() if line.strip()],
