@@ -174,8 +174,8 @@ def test_a_folder_in_use_is_refused(tmp_path, capsys):
         assert depth(out) == 2
         line = one_error_line(capsys)
         assert "in use by another run" in line and str(out) in line
-    assert depth(out) == 2  # released: now refused for holding other settings, not for the lock
-    assert "other settings" in one_error_line(capsys)
+    assert depth(out) == 0  # released; the holder finished no shard, so the folder is taken over
+    assert "held no finished shard" in capsys.readouterr().err
 
 
 def test_two_runs_started_together_one_wins(tmp_path):
@@ -357,3 +357,33 @@ def test_out_of_memory_is_one_line_and_a_bug_still_shows_its_traceback(tmp_path,
     monkeypatch.setattr("manifold_mixup.studies.depth.run_depth_study", bug)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         depth(tmp_path / "run")
+
+
+def test_a_run_stopped_before_its_first_shard_does_not_block_the_corrected_command(tmp_path, capsys, monkeypatch):
+    def no_memory(payload):
+        raise MemoryError
+
+    monkeypatch.setattr("manifold_mixup.studies.depth.depth_shard", no_memory)
+    out = tmp_path / "run"
+    assert depth(out, "--n-train", "100000000", "--batch-size", "50") == 2  # infeasible, found only in the shard
+    assert "out of memory" in one_error_line(capsys)
+    monkeypatch.undo()
+    assert depth(out) == 0  # other settings, but nothing was finished: the folder is taken over
+    assert "held no finished shard" in capsys.readouterr().err
+    assert strict_load(out / "manifest.json")["settings"]["n_train"] == 40
+
+
+def test_a_shard_with_edited_rows_is_recomputed(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert depth(out) == 0
+    good = _results(out)
+    shard = sorted((out / "shards").glob("*.json"))[1]
+    data = json.loads(shard.read_text())
+    for r in data["rows"]:
+        del r["risk"]
+    shard.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert depth(out) == 0
+    err = capsys.readouterr().err
+    assert shard.name in err and "columns" in err
+    assert _results(out) == good

@@ -32,7 +32,8 @@ def test_resume_skips_finished_shards_and_gives_the_same_rows(tmp_path):
 
 
 def test_other_settings_or_other_study_are_refused(tmp_path):
-    ShardStore(tmp_path, "toy", {"n": 4}).close()
+    with ShardStore(tmp_path, "toy", {"n": 4}) as store:
+        store.save("s0", [{"i": 0}])  # a finished shard: the folder is no longer up for grabs
     with pytest.raises(StudyMismatchError, match=r"other settings \(differing: \['n'\]\)"):
         ShardStore(tmp_path, "toy", {"n": 5})
     with pytest.raises(StudyMismatchError, match="study 'toy', not 'other'"):

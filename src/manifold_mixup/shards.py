@@ -228,6 +228,7 @@ class ShardStore:
         self.study = study
         self.settings = settings
         self.info = info or {}
+        self._columns: list[str] | None = None  # the rows' columns, from the first shard read or written
         self.fingerprint = fingerprint(settings)  # also refuses NaN / inf settings, before anything is written
         ensure_dir(self.dir)
         self._lock = FileLock(str(self.dir / LOCK_NAME), timeout=0)
@@ -252,6 +253,12 @@ class ShardStore:
             old = read_json(manifest, "the study manifest")
             if not isinstance(old, dict) or "fingerprint" not in old:
                 raise UnreadableFileError(f"the study manifest {manifest} is not a manifest this package wrote")
+            if (old.get("study"), old.get("fingerprint")) != (self.study, self.fingerprint) and self._only_a_manifest():
+                # a run that stopped before its first shard (a setting refused late, Ctrl-C, no memory):
+                # nothing to keep, so the corrected command takes the folder over
+                warnings.warn(f"{self.dir} held no finished shard of {old.get('study')!r} under its settings; "
+                              "starting afresh with these", stacklevel=3)
+                old = {"study": self.study, "fingerprint": self.fingerprint, "machines": []}
             if old.get("study") != self.study:
                 raise StudyMismatchError(
                     f"{self.dir} holds results of the study {old.get('study')!r}, not {self.study!r}: choose another --out"
@@ -293,6 +300,12 @@ class ShardStore:
                     if _is_temp(p) and p.is_file():
                         p.unlink(missing_ok=True)
 
+    def _only_a_manifest(self) -> bool:
+        """The folder holds a manifest and nothing else of value (no shard, no output)."""
+        others = [p for p in self.dir.iterdir() if p.name not in (LOCK_NAME, "shards", "manifest.json")]
+        shards_dir = self.dir / "shards"
+        return not others and (not shards_dir.exists() or (shards_dir.is_dir() and not any(shards_dir.iterdir())))
+
     def _adoptable_shards(self) -> int | None:
         """With no manifest: 0 if the folder is empty (but for the lock and an empty shards
         folder), the number of shards if it holds only shards written under these settings
@@ -332,12 +345,18 @@ class ShardStore:
 
     def _problem(self, key: str, data: Any) -> str | None:
         """Why ``data`` (a parsed shard file) is not shard ``key`` of these settings, or None."""
-        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or not all(
+                isinstance(r, dict) for r in data["rows"]):
             return "it is not a shard file (no list of rows)"
         if data.get("key") != key:
             return f"it holds shard {data.get('key')!r}, not {key!r} (a copied or renamed file?)"
         if data.get("fingerprint") != self.fingerprint:
             return f"it was written under other settings (fingerprint {data.get('fingerprint')!r}, this study {self.fingerprint!r})"
+        columns = [sorted(r) for r in data["rows"]]
+        if columns and (any(c != columns[0] for c in columns) or (self._columns is not None and columns[0] != self._columns)):
+            return "its rows do not have the columns of the other shards (an edited file?)"
+        if columns and self._columns is None:
+            self._columns = columns[0]
         return None
 
     def done(self, key: str) -> bool:
@@ -357,6 +376,8 @@ class ShardStore:
         return False
 
     def save(self, key: str, rows: list[dict]) -> None:
+        if rows and self._columns is None:
+            self._columns = sorted(rows[0])
         # rows may hold NaN (a relative risk over a zero Bayes risk): written as Python's json does
         write_atomic(self.path(key), json.dumps({"key": key, "fingerprint": self.fingerprint, "rows": rows}))
 
