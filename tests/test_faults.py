@@ -158,7 +158,7 @@ def test_an_unreadable_manifest_is_named_and_a_deleted_one_is_rebuilt(tmp_path, 
     (out / "manifest.json").write_text("{junk")
     assert depth(out) == 2
     line = one_error_line(capsys)
-    assert str(out / "manifest.json") in line and "cannot be read" in line
+    assert str(out / "manifest.json") in line and "cannot be read" in line and "delete it" in line
     (out / "manifest.json").unlink()  # what the user does; finished shards of these settings are kept
     assert depth(out) == 0
     assert "manifest.json was missing" in capsys.readouterr().err and _results(out) == good
@@ -387,3 +387,12 @@ def test_a_shard_with_edited_rows_is_recomputed(tmp_path, capsys):
     err = capsys.readouterr().err
     assert shard.name in err and "columns" in err
     assert _results(out) == good
+
+
+def test_a_junk_manifest_alone_in_its_folder_is_taken_over(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"study": "depth-study", "fingerprint": ')
+    assert depth(out) == 0
+    assert "held no finished shard" in capsys.readouterr().err
+    assert strict_load(out / "manifest.json")["study"] == "depth-study"

@@ -250,9 +250,15 @@ class ShardStore:
         manifest = self.dir / "manifest.json"
         machine = machine_info()
         if manifest.exists():
-            old = read_json(manifest, "the study manifest")
-            if not isinstance(old, dict) or "fingerprint" not in old:
-                raise UnreadableFileError(f"the study manifest {manifest} is not a manifest this package wrote")
+            try:
+                old = read_json(manifest, "the study manifest")
+                if not isinstance(old, dict) or "fingerprint" not in old:
+                    raise UnreadableFileError(f"the study manifest {manifest} is not a manifest this package wrote")
+            except UnreadableFileError as e:
+                if not self._only_a_manifest():
+                    raise UnreadableFileError(f"{e}; delete it and rerun the same command (finished shards written "
+                                              "under the same settings are kept)") from None
+                old = {}  # nothing else in the folder: taken over below
             if (old.get("study"), old.get("fingerprint")) != (self.study, self.fingerprint) and self._only_a_manifest():
                 # a run that stopped before its first shard (a setting refused late, Ctrl-C, no memory):
                 # nothing to keep, so the corrected command takes the folder over
