@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    command = "command"
+    given = sys.argv[1:] if argv is None else argv
+    command = next((a for a in given if a in ("depth-study", "confmix-study", "spiral-figure", "figure2")), "")
     try:
         import json
         import time
@@ -248,8 +249,8 @@ def _main(argv: list[str] | None) -> int:
         print(json.dumps({"command": command, "seconds": round(time.perf_counter() - t0, 1), "result": result}))
         return 0
     except KeyboardInterrupt:
-        print(f"manifold-mixup {command}: interrupted; finished shards are kept, rerun the same command to resume",
-              file=sys.stderr)
+        print(f"manifold-mixup{' ' + command if command else ''}: interrupted; finished shards are kept, rerun the same "
+              "command to resume", file=sys.stderr)
         return 130
 
 
