@@ -346,7 +346,7 @@ def test_out_of_memory_is_one_line_and_a_bug_still_shows_its_traceback(tmp_path,
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: "
                            "you tried to allocate 4000000000000 bytes.")
 
-    monkeypatch.setattr("manifold_mixup.studies.depth.run_depth_study", oom)
+    monkeypatch.setattr("manifold_mixup.studies.depth.run_study", oom)
     assert depth(tmp_path / "run") == 2
     line = one_error_line(capsys)
     assert "out of memory" in line and "finished shards are kept" in line
@@ -354,7 +354,7 @@ def test_out_of_memory_is_one_line_and_a_bug_still_shows_its_traceback(tmp_path,
     def bug(*a, **k):
         raise RuntimeError("shape mismatch in the library")
 
-    monkeypatch.setattr("manifold_mixup.studies.depth.run_depth_study", bug)
+    monkeypatch.setattr("manifold_mixup.studies.depth.run_study", bug)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         depth(tmp_path / "run")
 

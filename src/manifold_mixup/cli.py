@@ -106,8 +106,21 @@ def _apply(base, a, flags):
     return replace(base, **over)
 
 
-def _add_executor(p) -> None:
-    p.add_argument("--executor", choices=["local", "ray"], default="local", help="run shards in-process or as Ray tasks (default: local)")
+def _default(fn, name: str):
+    """The default of ``fn``'s argument ``name``: flags of function arguments show it, not repeat it."""
+    import inspect
+
+    return inspect.signature(fn).parameters[name].default
+
+
+def _given(a, *names) -> dict:
+    """The flags among ``names`` that were given (the others keep the function's defaults)."""
+    return {n: getattr(a, n) for n in names if getattr(a, n) is not None}
+
+
+def _add_executor(p, run) -> None:
+    p.add_argument("--executor", choices=["local", "ray"], default=None,
+                   help=f"run shards in-process or as Ray tasks (default: {_default(run, 'executor')})")
     p.add_argument("--address", default=None, help="Ray cluster address (host:port, ray://host:port or auto)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -115,8 +128,9 @@ def _add_executor(p) -> None:
 def _parser():
     import argparse
 
-    from .studies.confmix import ConfMixStudyConfig
-    from .studies.depth import PRESETS
+    from .plots import figure2
+    from .studies.confmix import ConfMixStudyConfig, run_confmix_study
+    from .studies.depth import PRESETS, run_depth_study
     from .studies.spiral import SpiralConfig
 
     ap = argparse.ArgumentParser(prog="manifold-mixup", description=__doc__.split("\n")[0])
@@ -126,13 +140,14 @@ def _parser():
     d.add_argument("--preset", choices=list(PRESETS), default="quick", help="the settings every flag below replaces (default: quick)")
     d.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
     _add_flags(d, _DEPTH_FLAGS, PRESETS)
-    d.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    _add_executor(d)
+    d.add_argument("--device", default=None,
+                   help=f"cpu, cuda, cuda:N or auto (default: {_default(run_depth_study, 'device')})")
+    _add_executor(d, run_depth_study)
 
     c = sub.add_parser("confmix-study", help="Table 2: ConfMix, ramps and mixup on images, several seeds")
     c.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
     _add_flags(c, _CONFMIX_FLAGS, {"": ConfMixStudyConfig()})
-    _add_executor(c)
+    _add_executor(c, run_confmix_study)
 
     s = sub.add_parser("spiral-figure", help="Figure 1: decision regions on a two-arm spiral, ERM and mixing at each depth")
     s.add_argument("--out", required=True, help="output folder for spiral.png")
@@ -140,7 +155,8 @@ def _parser():
 
     f = sub.add_parser("figure2", help="Figure 2: one toy problem (K = 3, N = 5), samples and Bayes regions, as PNG")
     f.add_argument("--out", required=True, help="PNG file to write")
-    f.add_argument("--seed", type=int, default=0, help="seed of the problem (seed + 1 draws the samples) (default: 0)")
+    f.add_argument("--seed", type=int, default=None,
+                   help=f"seed of the problem (seed + 1 draws the samples) (default: {_default(figure2, 'seed')})")
     return ap
 
 
@@ -148,7 +164,7 @@ def _depth(a) -> dict:
     from .studies.depth import PRESETS, run_depth_study
 
     cfg = _apply(PRESETS[a.preset], a, _DEPTH_FLAGS)
-    res = run_depth_study(cfg, a.out, executor=a.executor, address=a.address, device=a.device, progress=not a.no_progress)
+    res = run_depth_study(cfg, a.out, progress=not a.no_progress, **_given(a, "executor", "address", "device"))
     return {m: round(v["excess_pp"], 3) for m, v in res["table1"].items()}
 
 
@@ -156,7 +172,7 @@ def _confmix(a) -> dict:
     from .studies.confmix import ConfMixStudyConfig, run_confmix_study
 
     cfg = _apply(ConfMixStudyConfig(), a, _CONFMIX_FLAGS)
-    res = run_confmix_study(cfg, a.out, executor=a.executor, address=a.address, progress=not a.no_progress)
+    res = run_confmix_study(cfg, a.out, progress=not a.no_progress, **_given(a, "executor", "address"))
     return {m: round(v["mean"], 2) for m, v in res["table"].items()}
 
 
@@ -170,8 +186,9 @@ def _figure2(a) -> dict:
     from .plots import figure2
     from .studies.report import check_int
 
-    check_int("seed", a.seed, 0, 2**32 - 2)
-    figure2(a.out, seed=a.seed)
+    if a.seed is not None:
+        check_int("seed", a.seed, 0, 2**32 - 2)
+    figure2(a.out, **_given(a, "seed"))
     return {"written": str(a.out)}
 
 
