@@ -137,9 +137,14 @@ def test_flags_replace_only_the_config_fields_they_name(tmp_path, monkeypatch):
     from manifold_mixup.studies.confmix import ConfMixStudyConfig
 
     seen = {}
-    monkeypatch.setattr(confmix, "run_confmix_study", lambda cfg, out, **kw: seen.setdefault("cfg", cfg) and {"table": {}})
-    assert main(["confmix-study", "--out", str(tmp_path), "--epochs", "3", "--methods", "erm", "input-mixup"]) == 0
-    assert seen["cfg"] == ConfMixStudyConfig(epochs=3, methods=("erm", "input-mixup"))
+
+    def record(out, study, settings, *args, **kwargs):
+        seen["settings"] = settings
+        raise KeyboardInterrupt  # stop before any work
+
+    monkeypatch.setattr(confmix, "run_study", record)
+    assert main(["confmix-study", "--out", str(tmp_path), "--epochs", "3", "--methods", "erm", "input-mixup"]) == 130
+    assert seen["settings"] == ConfMixStudyConfig(epochs=3, methods=("erm", "input-mixup")).settings()
 
 
 def test_confmix_study_on_a_fraction_of_the_training_images(tmp_path, capsys):
