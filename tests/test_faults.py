@@ -305,6 +305,10 @@ def test_a_huge_study_states_its_estimate_and_makes_no_shards_up_front(tmp_path,
 
 @pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\n\r\n", b""], ids=["http1", "closes"])
 def test_an_address_that_is_no_ray_head_fails_in_one_line(tmp_path, capsys, reply):
+    import time
+
+    from manifold_mixup.shards import check_executor
+
     pytest.importorskip("ray")
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -312,21 +316,20 @@ def test_an_address_that_is_no_ray_head_fails_in_one_line(tmp_path, capsys, repl
     port = server.getsockname()[1]
 
     def serve():
-        conn, _ = server.accept()
-        conn.recv(64)
-        if reply:
-            conn.sendall(reply)
-        conn.close()
+        for _ in range(2):
+            conn, _ = server.accept()
+            conn.recv(64)
+            if reply:
+                conn.sendall(reply)
+            conn.close()
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    import time
-
+    threading.Thread(target=serve, daemon=True).start()
     t0 = time.perf_counter()
-    assert depth(tmp_path / "run", "--executor", "ray", "--address", f"127.0.0.1:{port}") == 2
+    with pytest.raises(ConnectionError, match="is not a Ray head"):
+        check_executor("ray", f"127.0.0.1:{port}")
     assert time.perf_counter() - t0 < 4
-    line = one_error_line(capsys)
-    assert "is not a Ray head" in line
+    assert depth(tmp_path / "run", "--executor", "ray", "--address", f"127.0.0.1:{port}") == 2
+    assert "is not a Ray head" in one_error_line(capsys)
     assert not (tmp_path / "run").exists()
     server.close()
 

@@ -400,7 +400,7 @@ class ShardStore:
         return [row for s in shards for row in self.load(s.key)]
 
 
-def _check_address(address: str, timeout: float = 5.0) -> None:
+def _check_address(address: str, timeout: float = 3.0) -> None:
     """Fail fast, in one line, when no Ray head answers at host:port: the port must accept a
     TCP connection and answer as a gRPC (HTTP/2) server, which a Ray head's GCS is."""
     if address in ("auto", "local"):
