@@ -96,7 +96,6 @@ def test_a_write_killed_midway_keeps_the_old_file_and_leaves_no_temp_file(tmp_pa
     out = tmp_path / "run"
     assert depth(out) == 0
     figure = (out / "figure2.png").read_bytes()
-    calls = {"n": 0}
     real_replace = os.replace
 
     def killed(src, dst):  # the process dies between writing the temp file and renaming it
@@ -110,7 +109,6 @@ def test_a_write_killed_midway_keeps_the_old_file_and_leaves_no_temp_file(tmp_pa
     monkeypatch.setattr(shards_mod.os, "replace", real_replace)
     assert (out / "figure2.png").read_bytes() == figure
     assert not [p for p in out.rglob("*.tmp")]
-    del calls
 
 
 def test_stray_temp_files_of_a_killed_run_are_removed_and_do_not_block(tmp_path, capsys):
@@ -257,15 +255,23 @@ def test_a_full_disk_keeps_finished_shards_and_resumes(tmp_path, capsys, monkeyp
     assert len(_results(out)) == 4 * 2  # 4 shards of one problem, 2 methods each
 
 
-def test_really_full_disk_with_dev_full(capsys):
-    # /dev/full refuses every write with ENOSPC: an atomic write there fails cleanly, naming the path
+def test_a_write_into_dev_full_is_one_line_and_leaves_no_temp_file(tmp_path, capsys, monkeypatch):
+    # every temporary file is opened on /dev/full: the kernel itself answers ENOSPC on the write
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
-    with pytest.raises(OSError) as e:
-        with open("/dev/full", "w") as f:
-            f.write("x")
-            f.flush()
-    assert e.value.errno == errno.ENOSPC
+    real = shards_mod.tempfile.mkstemp
+
+    def on_dev_full(dir=None, prefix="", suffix=""):
+        fd, path = real(dir=dir, prefix=prefix, suffix=suffix)  # the name, as a real write would leave it
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), path
+
+    monkeypatch.setattr(shards_mod.tempfile, "mkstemp", on_dev_full)
+    out = tmp_path / "run"
+    assert depth(out) == 2
+    line = one_error_line(capsys)
+    assert str(out / "manifest.json") in line and "No space left on device" in line and "free some space" in line
+    assert not list(out.rglob("*.tmp")) and not (out / "manifest.json").exists()
 
 
 def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys):
