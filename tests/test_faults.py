@@ -8,6 +8,7 @@ import csv
 import errno
 import json
 import os
+import re
 import socket
 import threading
 
@@ -62,8 +63,6 @@ def test_a_refused_setting_leaves_nothing_behind(tmp_path, capsys, flags, names)
     assert depth(out, *flags) == 2
     line = one_error_line(capsys)
     assert "error:" in line
-    import re
-
     assert re.search(names, line), line
     assert not out.exists()
 
