@@ -404,3 +404,18 @@ def test_a_junk_manifest_alone_in_its_folder_is_taken_over(tmp_path, capsys):
     assert depth(out) == 0
     assert "held no finished shard" in capsys.readouterr().err
     assert strict_load(out / "manifest.json")["study"] == "depth-study"
+
+
+def test_sigterm_ends_like_ctrl_c_and_the_handler_is_restored(tmp_path, capsys, monkeypatch):
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminated(payload):  # a scheduler (or `timeout`) ends the run during a shard
+        os.kill(os.getpid(), signal.SIGTERM)
+        return []
+
+    monkeypatch.setattr("manifold_mixup.studies.depth.depth_shard", terminated)
+    assert depth(tmp_path / "run") == 130
+    assert "interrupted; finished shards are kept" in one_error_line(capsys)
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -223,14 +223,22 @@ def _one_line_warnings(command: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     added = [k for k in THREADING_ENV if k not in os.environ]
     for k in added:
         os.environ[k] = THREADING_ENV[k]
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # SIGTERM (a scheduler, `timeout`) ends like Ctrl-C
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return _main(argv)
-    finally:  # main() called from Python leaves the environment as it found it
+    finally:  # main() called from Python leaves the environment and the signal handlers as it found them
         for k in added:
             os.environ.pop(k, None)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -239,7 +239,7 @@ def run_confmix_study(cfg: ConfMixStudyConfig, out: str | Path, executor: str = 
     if resolve_device(cfg.device).type == "cpu" and estimated_cpu_seconds(cfg, n_train, data.image_shape) > 3600:
         hours = estimated_cpu_seconds(cfg, n_train, data.image_shape) / 3600
         warnings.warn(f"this study is estimated to take about {hours:.1f} hours on this CPU ({torch.get_num_threads()} "
-                      "threads); finished shards are kept if you stop it", stacklevel=2)
+                      "thread(s)); finished shards are kept if you stop it", stacklevel=2)
     del data
     if _confmix_never_on(cfg):
         warnings.warn(f"epochs = {cfg.epochs} <= warmup_epochs = {cfg.warmup_epochs}: the ConfMix methods never leave "

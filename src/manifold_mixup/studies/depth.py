@@ -380,7 +380,7 @@ def run_depth_study(cfg: DepthStudyConfig, out: str | Path, *, executor: str = "
     out = Path(out)
     if dev.type == "cpu" and estimated_cpu_seconds(cfg) > 3600:
         warnings.warn(f"this study is estimated to take about {estimated_cpu_seconds(cfg) / 3600:.1f} hours on this CPU "
-                      f"({torch.get_num_threads()} threads); finished shards are kept if you stop it", stacklevel=2)
+                      f"({torch.get_num_threads()} thread(s)); finished shards are kept if you stop it", stacklevel=2)
     rows = run_study(out, "depth-study", cfg.settings(), shards_for(cfg, device), depth_shard, executor=executor,
                      address=address, progress=progress, desc="depth study", gpus_per_task=1 if dev.type == "cuda" else 0)
     write_csv(out / "results.csv", rows)
