@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The checks and figures that need a CUDA device, in one run (about 5 minutes on one H200).
-#   bash benchmarks/gpu_check.sh [tests] [overhead] [ensemble] [depth]     (default: all four)
+#   bash benchmarks/gpu_check.sh [tests] [overhead] [ensemble] [depth] [long]   (default: the first four)
+# "long" (issue 17): the paper preset's 400 problems trained 200 epochs, evaluated at 10, 20, 40, 100 and
+# 200, into ${LONG_OUT:-paper-long-depth}; the study resumes, so rerun the same line until it says done
+# (each call stops after ${LONG_SECS:-540} s, within a 10-minute command limit).
 # Run from the repository root on a machine with a GPU and a CUDA build of PyTorch; logs go to
 # ${OUT:-gpu-check}/. Each step has its own time limit so that one slow step cannot eat the others.
 # OLD_SRC=path/to/other/src adds the overhead benchmark on that code, in the same run (a baseline);
@@ -13,7 +16,7 @@ py=python3
 step() { local secs=$1 name=$2; shift 2; echo "=== $name (limit ${secs}s)"; local t0=$SECONDS
   timeout "$secs" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
   tail -n "${TAIL:-15}" "$OUT/$name.log"; echo "=== $name: rc=$rc, $((SECONDS - t0)) s"; }
-want() { [ $# -eq 0 ] && return 0; for w in "${ARGS[@]}"; do [ "$w" = "$1" ] && return 0; done; return 1; }
+want() { for w in "${ARGS[@]}"; do [ "$w" = "$1" ] && return 0; done; return 1; }
 ARGS=("$@"); [ ${#ARGS[@]} -eq 0 ] && ARGS=(tests overhead ensemble depth)
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -41,4 +44,9 @@ if want depth; then
   echo "depth shards done: $(ls /tmp/depth-paper-cuda/shards 2>/dev/null | wc -l)"
   cp /tmp/depth-paper-cuda/summary.md "$OUT/depth_summary.md" 2>/dev/null
   cp /tmp/depth-paper-cuda/results.csv "$OUT/depth_results.csv" 2>/dev/null
+fi
+if want long; then
+  step "${LONG_SECS:-540}" depth_paper_long_cuda $py -m manifold_mixup.cli depth-study --preset paper --epochs 200 \
+    --eval-epochs 10 20 40 100 200 --out "${LONG_OUT:-paper-long-depth}" --device cuda --no-progress
+  echo "long shards done: $(ls "${LONG_OUT:-paper-long-depth}"/shards 2>/dev/null | wc -l) of 40"
 fi
