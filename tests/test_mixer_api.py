@@ -298,7 +298,7 @@ def test_the_mixer_is_no_module_and_the_public_api_is_small():
         assert getattr(mm, sub).__name__ == f"manifold_mixup.{sub}"
 
 
-def test_hand_mix_helper_agrees_with_the_mixer_at_a_tuple_output():
+def test_hand_mix_helper_agrees_with_the_mixer():
     model = Residual()
     x, y = data(b=6)
     mixer = mm.ManifoldMixup(model, ["block"], generator=2)
@@ -320,10 +320,14 @@ def test_a_failed_call_leaves_no_hook_and_no_state_behind():
     model = Flaky()
     x, y = data(b=6)
     mixer = mm.ManifoldMixup(model, ["stem"], generator=0)
+    twin = copy.deepcopy(mixer)
     with pytest.raises(RuntimeError, match="boom"):
         mixer(x, y)
-    assert mixer.last_plan is None
+    assert mixer.last_plan is None and mixer.policy.history() == []  # nothing recorded
     model.fail = False
+    twin.model.fail = False
+    mixer(x, y), twin(x, y)  # the failed call gave its draws back: the same plan as a copy that never failed
+    assert torch.equal(mixer.last_plan.lam, twin.last_plan.lam) and torch.equal(mixer.last_plan.perm, twin.last_plan.perm)
     h = torch.relu(model.stem(x))
     assert torch.equal(model(x), model.head(h + model.block(h)))  # no hook was left on the layer
     logits, _ = mixer(x, y)
@@ -351,3 +355,105 @@ def test_settings_a_policy_cannot_use_are_refused_when_the_mixer_is_made():
         mm.ManifoldMixup(Residual(), ["block"], alpha=mm.ConfMix(confidence="cached"))
     with pytest.raises(ValueError, match="per_sample=True"):
         mm.ManifoldMixup(Residual(), ["block"], alpha=mm.HalfConfMix(), per_sample=False)
+
+
+def test_refused_calls_use_no_draws_and_policies_refuse_other_tasks():
+    model = Residual()
+    x, y = data(b=6)
+    mixer = mm.ManifoldMixup(model, ["stem", "block"], alpha=mm.ConfMix(0, confidence="cached"), num_classes=3,
+                             generator=0)
+    twin = copy.deepcopy(mixer)
+    with pytest.raises(ValueError, match="ConfMix needs the batch's sample indices"):
+        mixer(x, y)
+    idx = torch.arange(6)
+    mixer(x, y, index=idx), twin(x, y, index=idx)
+    assert mixer.last_plan.layer == twin.last_plan.layer and torch.equal(mixer.last_plan.perm, twin.last_plan.perm)
+    for task in ("regression", "multilabel"):
+        with pytest.raises(ValueError, match="task='classification'"):
+            mm.ManifoldMixup(model, ["block"], alpha=mm.ConfMix(), task=task)
+
+
+def test_half_confmix_and_per_batch_lambda_through_the_mixer():
+    from scipy import stats
+
+    class Sure(nn.Module):  # a confident model: alpha_i = 1 for every row
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(4, 4)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.head(self.body(x)) * 0 + torch.tensor([50.0, 0.0, 0.0])
+
+    x, y = data(b=400)
+    lams = {}
+    for name, pol in (("half", mm.HalfConfMix(0)), ("full", mm.ConfMix(0))):
+        mixer = mm.ManifoldMixup(Sure(), ["body"], alpha=pol, generator=1)
+        lams[name] = torch.cat([mixer(x, y) and mixer.last_plan.lam for _ in range(5)]).double().numpy()
+    assert stats.kstest(lams["half"], "beta", args=(0.5, 0.5)).pvalue > 1e-3  # Beta(alpha/2, alpha/2)
+    assert stats.kstest(lams["full"], "beta", args=(1.0, 1.0)).pvalue > 1e-3
+    assert stats.kstest(lams["half"], "beta", args=(1.0, 1.0)).pvalue < 1e-6
+    mixer = mm.ManifoldMixup(Residual(), ["block"], alpha=0.7, per_sample=False, generator=2)
+    mixer(*data(b=8))
+    lam = mixer.last_plan.lam
+    assert (lam == lam[0]).all() and 0 < lam[0] < 1
+
+
+def test_fresh_confmix_takes_the_clean_prefix_path_when_it_applies(monkeypatch):
+    calls = []
+    forward = nn.Conv2d.forward
+    monkeypatch.setattr(nn.Conv2d, "forward", lambda self, x: calls.append(1) or forward(self, x))
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(8) % 10
+    for reuse, convs in ((True, 2), (False, 4)):  # two convolutions: one forward, or two
+        calls.clear()
+        model = mm.models.paper_cnn((1, 8, 8), 10, generator=torch.Generator().manual_seed(0))
+        mm.ManifoldMixup(model, "flatten", alpha=mm.ConfMix(0), generator=0, reuse_prefix=reuse)(x, y)
+        assert len(calls) == convs
+
+
+def test_more_bad_input_from_review():
+    model = Residual()
+    x, y = data(b=6)
+
+    class TakesPart(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.LSTM(4, 4, batch_first=True)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.enc(x)[0][:, -1])
+
+    with pytest.raises(ValueError, match="without calling mix"):
+        mm.ManifoldMixup(TakesPart(), ["enc"], select={"enc": lambda out, mix: out}, generator=0)(
+            torch.randn(6, 3, 4), y % 2)
+
+    class BadNeeds(mm.AlphaPolicy):
+        needs = ["index"]
+
+        def alpha_at(self, epoch):
+            return 1.0
+
+    with pytest.raises(ValueError, match="BadNeeds.needs must be a set"):
+        mm.ManifoldMixup(model, ["block"], alpha=BadNeeds())
+    with pytest.raises(ValueError, match="label_smoothing must be a number"):
+        mm.ManifoldMixup(model, ["block"], label_smoothing="a")
+    with pytest.raises(TypeError, match="layers must be a name or a list of names"):
+        mm.ManifoldMixup(model, [["block"]])
+    with pytest.raises(ValueError, match="state is of a 'RampUp' policy"):
+        mm.Constant(0.5).load_state_dict(mm.RampUp().state_dict())
+    pol = mm.RampUp(10)
+    pol.set_epoch(np.int64(10))
+    assert pol.alpha_at(pol.epoch) == pytest.approx(0.5)
+    # label-smoothed rows of many classes in bfloat16 sum to 1 only to bfloat16 precision
+    rows = torch.full((6, 1000), 0.1 / 1000).index_put_((torch.arange(6), torch.zeros(6, dtype=torch.long)),
+                                                          torch.tensor(0.9 + 0.1 / 1000)).bfloat16()
+    mm.ManifoldMixup(nn.Sequential(nn.Linear(4, 1000)), ["0"], generator=0)(x, rows)
+
+
+def test_mixing_in_low_precision_keeps_lambda_precise():
+    h = torch.randn(4, 8).bfloat16()
+    plan = mm.MixPlan(torch.tensor([1, 0, 3, 2]), torch.tensor([0.999, 0.9, 0.5, 0.1]))
+    exact = (plan.lam[:, None] * h.float() + (1 - plan.lam[:, None]) * h.float()[plan.perm]).bfloat16()
+    assert mm.mix(h, plan).dtype == torch.bfloat16 and torch.equal(mm.mix(h, plan), exact)

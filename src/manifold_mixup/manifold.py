@@ -8,13 +8,16 @@ One path: a layer is drawn, the policy gives alpha, a plan (permutation, lambdas
 a forward hook on that layer, put on for the one call and taken off at its end, replaces the
 layer's output h by ``lam*h + (1-lam)*h[perm]`` (``"input"`` mixes the input itself, no hook).
 Outside a mixer call, and whenever the model is in ``eval()`` mode, the model is exactly the
-model without the library.
+model without the library. (On a compiled model the hooks stay on, inactive outside the mixer's
+calls, until ``remove()`` or the mixer is collected: compiled code does not see hooks added later.)
+A call that fails leaves the mixer as it was: no draw is used up and nothing is recorded.
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -105,6 +108,7 @@ class _MixHook:
     def _mix(self, h: Tensor) -> Tensor:
         if self.plan is None:
             self.plan = self.make_plan(h)
+        self.mixed = True
         return mix(h, self.plan)
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
@@ -116,8 +120,12 @@ class _MixHook:
                 warnings.warn(f"layer {self.name!r} runs more than once in one forward; it is mixed at its first call only",
                               stacklevel=2)
             return None
-        self.fired = True
-        return _apply_selector(output, self.selector, self._mix, self.name)
+        self.fired, self.mixed = True, False
+        out = _apply_selector(output, self.selector, self._mix, self.name)
+        if not self.mixed:
+            raise ValueError(f"select[{self.name!r}] returned without calling mix: nothing was mixed, while the targets "
+                             "would be; the function must pass the tensor to mix through mix(...)")
+        return out
 
 
 class ManifoldMixup:
@@ -136,7 +144,8 @@ class ManifoldMixup:
         per_sample: one lambda per row (True) or one per batch (False).
         generator: a CPU ``torch.Generator`` or an int seed; one draw seeds the ``PlanStream``
             from which every layer, permutation and lambda is drawn (one stream per rank when
-            ``torch.distributed`` is initialised).
+            ``torch.distributed`` is initialised). None draws the seed from torch's global
+            generator: give one to replay a run.
         layer_weights: probabilities of drawing each layer (default uniform).
         select: for layers whose output is a tuple, list or dict, ``{name: index | key | fn}``
             with ``fn(output, mix) -> new_output``.
@@ -179,6 +188,8 @@ class ManifoldMixup:
         modules = dict(base.named_modules())
         outer = {id(m): n for n, m in model.named_modules()} if base is not model else {}
         self.layers = [layers] if isinstance(layers, str) else list(layers)
+        if not all(isinstance(n, str) for n in self.layers):
+            raise TypeError(f"layers must be a name or a list of names (strings); got {layers!r}")
         valid = [INPUT if INPUT not in modules else MODEL_INPUT] + [n for n in modules if n]
         if not self.layers:
             raise ValueError(f"layers must name at least one layer; valid names: {valid}")
@@ -195,11 +206,15 @@ class ManifoldMixup:
         if layer_weights is None:
             weights = np.ones(len(self.layers))
         else:
-            weights = np.asarray(list(layer_weights), dtype=np.float64)
+            try:
+                weights = np.asarray(list(layer_weights), dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ValueError(f"layer_weights must be {len(self.layers)} numbers; got {layer_weights!r}") from None
             if weights.shape != (len(self.layers),) or not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
                 raise ValueError(f"layer_weights must be {len(self.layers)} finite non-negative numbers with a positive "
                                  f"sum; got {list(layer_weights)}")
         self._cum_weights = np.cumsum(weights / weights.sum()).tolist()
+        self._cum_weights[-1] = 1.0  # (no draw past the end through rounding)
         self.policy = as_policy(alpha)
         if not isinstance(per_sample, bool):
             raise TypeError(f"per_sample must be True or False; got {per_sample!r}")
@@ -207,9 +222,10 @@ class ManifoldMixup:
             raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}")
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}; got {task!r}")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}")
-        self.policy.check(num_classes=num_classes, per_sample=per_sample)
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be a number in [0, 1); got {label_smoothing!r}")
+        self.policy.check(num_classes=num_classes, per_sample=per_sample, task=task)
+        _check_needs(self.policy)
         if label_smoothing and task != "classification":
             raise ValueError(f"label_smoothing applies to classification targets only; task={task!r}")
         if logits is not None and not callable(logits):
@@ -242,16 +258,17 @@ class ManifoldMixup:
         self._handles = []
         if self._compiled:
             self._handles = [base.get_submodule(n).register_forward_hook(h) for n, h in self._hooks.items()]
+            weakref.finalize(self, _remove_handles, list(self._handles))  # also when the mixer is dropped
             torch.compiler.reset()
         self.last_plan: LastPlan | None = None
+        self._pending: tuple | None = None  # (alpha, lambdas) of the call in progress
         self._removed = False
 
     # -- life cycle -----------------------------------------------------------------------
     def remove(self) -> None:
         """Retire the mixer: later calls are refused. (Hooks exist only during a mixer call, except
         on a compiled model, where they are taken off now.)"""
-        for handle in self._handles:
-            handle.remove()
+        _remove_handles(self._handles)
         self._handles = []
         self._removed = True
 
@@ -312,15 +329,8 @@ class ManifoldMixup:
                                   or index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool):
             raise ValueError(f"index must be an integer tensor [{b}] of sample indices; got "
                              f"{getattr(index, 'dtype', type(index).__name__)} of shape {tuple(getattr(index, 'shape', ()))}")
-        if not unwrap(self.model).training:
-            self.last_plan = None
-            logits = self._logits(self._call(x, args, kwargs))
-            return logits, self._targets(y, logits, None)
-        if b < 2:
-            raise ValueError(f"mixing needs a batch of at least 2 rows; got {'an empty batch' if b == 0 else 'a batch of 1'}")
         if (plan is None) != (layer is None):
             raise ValueError("plan and layer are given together (to replay a run) or not at all")
-        make_plan = None
         if plan is not None:
             if layer not in self.layers:
                 raise ValueError(f"layer {layer!r} is not among this mixer's layers {self.layers}")
@@ -329,13 +339,31 @@ class ManifoldMixup:
             if plan.batch_size != b:
                 raise ValueError(f"the plan is for a batch of {plan.batch_size} but the input has {b} rows")
             plan.validate()
-        else:
+        if not unwrap(self.model).training:
+            self.last_plan = None
+            logits = self._logits(self._call(x, args, kwargs))
+            return logits, self._targets(y, logits, None)
+        if b < 2:
+            raise ValueError(f"mixing needs a batch of at least 2 rows; got {'an empty batch' if b == 0 else 'a batch of 1'}")
+        needs = _check_needs(self.policy) if plan is None else frozenset()
+        if "index" in needs and index is None:
+            raise ValueError(f"{type(self.policy).__name__} needs the batch's sample indices: mixer(x, y, index=idx)")
+        stream = self._stream.state  # a failed call gives its draws back
+        self._pending = None
+        try:
+            return self._mixed_call(x, y, args, kwargs, b, index, plan, layer, needs)
+        except BaseException:
+            self._stream.state = stream
+            raise
+        finally:
+            self._pending = None
+
+    def _mixed_call(self, x: Any, y: Tensor, args: tuple, kwargs: dict, b: int, index: Tensor | None,
+                    plan: MixPlan | None, layer: str | None, needs: frozenset[str]) -> tuple[Tensor, Tensor]:
+        make_plan = None
+        device = self._device(x)
+        if plan is None:
             layer = self.layers[self._stream.choice(self._cum_weights)]
-            needs = self.policy.needs
-            if not needs <= NEEDS:
-                raise ValueError(f"{type(self.policy).__name__}.needs must be a subset of {sorted(NEEDS)}; got {sorted(needs)}")
-            if "index" in needs and index is None:
-                raise ValueError(f"{self.policy!r} needs the batch's sample indices: mixer(x, y, index=idx)")
             if "confidence" not in needs:
                 plan = self._draw(b, index, None)
             else:
@@ -346,8 +374,7 @@ class ManifoldMixup:
                     conf = forward_confidence(unwrap(self.model), lambda: self._call(x, args, kwargs, base=True), self._logits)
                     plan = self._draw(b, index, conf)
                 else:
-                    make_plan = lambda h: self._draw(b, index, cut.confidence(h, self._logits))  # noqa: E731
-        device = self._device(x)
+                    make_plan = lambda h: self._draw(b, index, cut.confidence(h, self._logits)).to(h.device)  # noqa: E731
         if plan is not None and plan.perm.device != device:
             plan = plan.to(device)
         if layer in self._input_names:
@@ -368,6 +395,8 @@ class ManifoldMixup:
                 raise RuntimeError(f"layer {layer!r} did not run in the forward pass, so nothing was mixed{why}")
         logits = self._logits(out)
         targets = self._targets(y, logits, plan)
+        if self._pending is not None:  # the call succeeded: the policy records the batch
+            self.policy.record(*self._pending)
         self.policy.observe(index, logits.detach(), y)
         self.last_plan = LastPlan(plan.perm, plan.lam, layer)
         return logits, targets
@@ -387,8 +416,10 @@ class ManifoldMixup:
         elif isinstance(alpha, (Tensor, np.ndarray)):
             alpha = float(alpha)
         check_alpha(alpha, name)
-        plan = self._stream.plan(b, pol.beta_parameter(alpha), self.per_sample)
-        pol.record(alpha, plan.lam.numpy())
+        beta = pol.beta_parameter(alpha)
+        check_alpha(beta, f"{type(pol).__name__}.beta_parameter")
+        plan = self._stream.plan(b, beta, self.per_sample)
+        self._pending = (alpha, plan.lam.numpy())  # recorded once the call has succeeded
         return plan
 
     # -- batches, outputs and targets -----------------------------------------------------
@@ -485,6 +516,19 @@ class ManifoldMixup:
         else:
             t = (y if y.dtype.is_floating_point else y.float()).to(logits.device)
         return t if plan is None else mix(t, plan)
+
+
+def _remove_handles(handles: list) -> None:
+    for handle in handles:
+        handle.remove()
+
+
+def _check_needs(policy: AlphaPolicy) -> frozenset[str]:
+    """The policy's ``needs``, or a clear error if it is not a set of known needs."""
+    needs = policy.needs
+    if not isinstance(needs, (set, frozenset)) or not needs <= NEEDS:
+        raise ValueError(f"{type(policy).__name__}.needs must be a set, a subset of {sorted(NEEDS)}; got {needs!r}")
+    return frozenset(needs)
 
 
 def _is_compiled(model: nn.Module) -> bool:

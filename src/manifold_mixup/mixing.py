@@ -205,9 +205,12 @@ def mix(h: Tensor, plan: MixPlan) -> Tensor:
             f"cannot mix a tensor of shape {tuple(h.shape)} with a plan for a batch of {plan.batch_size}: "
             "the mixed tensor must be batch-first"
         )
-    lam = plan.lam.to(device=h.device, dtype=h.dtype).view((-1,) + (1,) * (h.ndim - 1))
+    low = h.dtype in (torch.float16, torch.bfloat16)  # mixed in float32: lambda keeps its precision
+    hh = h.float() if low else h
+    lam = plan.lam.to(device=h.device, dtype=hh.dtype).view((-1,) + (1,) * (h.ndim - 1))
     # lerp(a, b, w) = a + w (b - a): one fused kernel, exact at w = 1 (gives b) and w = 0 (gives a)
-    return torch.lerp(h[plan.perm.to(h.device)], h, lam)
+    out = torch.lerp(hh[plan.perm.to(h.device)], hh, lam)
+    return out.to(h.dtype) if low else out
 
 
 def check_label_range(y: Tensor, num_classes: int) -> None:
@@ -220,14 +223,17 @@ def check_label_range(y: Tensor, num_classes: int) -> None:
         raise ValueError(f"labels must lie in [0, {num_classes}); got {bad}")
 
 
-def check_soft_rows(y: Tensor, num_classes: int | None = None, tol: float = 1e-3) -> None:
-    """Raise ValueError unless y [B, K] holds finite, non-negative rows that sum to 1 (within tol)."""
+def check_soft_rows(y: Tensor, num_classes: int | None = None, tol: float | None = None) -> None:
+    """Raise ValueError unless y [B, K] holds finite, non-negative rows that sum to 1 (within tol;
+    by default 1e-3, or K times 4 ulps of y's dtype where that is larger, as for bfloat16)."""
     if y.ndim != 2 or (num_classes is not None and y.shape[1] != num_classes):
         want = f"[B, {num_classes}]" if num_classes is not None else "[B, K]"
         raise ValueError(f"soft targets must have shape {want}; got {tuple(y.shape)}")
     bad = ~(y >= 0) | ~torch.isfinite(y)
     if bad.any():
         raise ValueError(f"soft targets must be finite and >= 0; got {y[bad][0].item()}")
+    if tol is None:
+        tol = max(1e-3, 4 * y.shape[1] * torch.finfo(y.dtype).eps)
     s = y.double().sum(1)
     off = (s - 1).abs() > tol
     if off.any():

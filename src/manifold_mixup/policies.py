@@ -11,8 +11,8 @@ for every policy alike (it knows no policy type):
 - ``beta_parameter(alpha)``: the Beta parameter actually drawn from (half ConfMix halves it).
 - ``observe(index, logits, labels)``: after the forward, the batch's sample indices (or None),
   detached training logits and labels as given, for policies that keep statistics per sample.
-- ``check(num_classes=..., per_sample=...)``: called when a mixer is made, to refuse settings the
-  policy cannot work with before any training.
+- ``check(num_classes=..., per_sample=..., task=...)``: called when a mixer is made, to refuse
+  settings the policy cannot work with before any training.
 
 The training loop calls ``mixer.set_epoch(t)`` (t in epochs, fractional allowed:
 ``epoch + i / steps``) before each batch. Each policy records, per whole epoch, the mean alpha it
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,9 @@ class AlphaPolicy:
 
     def set_epoch(self, epoch: float) -> None:
         """Tell the policy where training stands, in epochs (fractional allowed)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or not math.isfinite(epoch) or epoch < 0:
+        if isinstance(epoch, Tensor) and epoch.numel() == 1:
+            epoch = epoch.item()
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Real) or not math.isfinite(epoch) or epoch < 0:
             raise ValueError(f"epoch must be a finite number >= 0; got {epoch!r}")
         self.epoch = float(epoch)
 
@@ -78,7 +81,7 @@ class AlphaPolicy:
     def observe(self, index: Tensor | None, logits: Tensor, labels: Tensor) -> None:
         """Called after each mixed forward with the detached logits; does nothing by default."""
 
-    def check(self, *, num_classes: int | None, per_sample: bool) -> None:
+    def check(self, *, num_classes: int | None, per_sample: bool, task: str) -> None:
         """Raise ValueError if a mixer with these settings cannot use this policy (none by default)."""
 
     # -- records ----------------------------------------------------------------------------
@@ -103,14 +106,19 @@ class AlphaPolicy:
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """A copy of the policy's state (its instance attributes), for checkpoints."""
-        return copy.deepcopy(vars(self))
+        """A copy of the policy's state (its instance attributes, settings included), for checkpoints."""
+        return {"policy": type(self).__qualname__, **copy.deepcopy(vars(self))}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        missing = set(vars(self)) - set(state)
-        if missing:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: the state lacks {sorted(missing)}")
-        vars(self).update(copy.deepcopy(state))
+        """Restore a ``state_dict()`` of a policy of the same type (its settings come with it)."""
+        name = type(self).__qualname__
+        if state.get("policy") != name:
+            raise ValueError(f"{name}.load_state_dict: the state is of a {state.get('policy')!r} policy")
+        keys = set(state) - {"policy"}
+        if keys != set(vars(self)):
+            raise ValueError(f"{name}.load_state_dict: the state's keys {sorted(keys)} differ from the policy's "
+                             f"{sorted(vars(self))}")
+        vars(self).update(copy.deepcopy({k: v for k, v in state.items() if k != "policy"}))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "epoch")
@@ -130,7 +138,7 @@ class Constant(AlphaPolicy):
 
 
 def _check_half_life(half_life: float) -> float:
-    if isinstance(half_life, bool) or not isinstance(half_life, (int, float)) or not math.isfinite(half_life) or half_life <= 0:
+    if isinstance(half_life, bool) or not isinstance(half_life, numbers.Real) or not math.isfinite(half_life) or half_life <= 0:
         raise ValueError(f"half_life must be a finite number of epochs > 0; got {half_life!r}")
     return float(half_life)
 
@@ -193,11 +201,11 @@ class ConfMix(AlphaPolicy):
 
     def __init__(self, warmup_epochs: float = 5, half: bool = False, confidence: str = "fresh") -> None:
         super().__init__()
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float)) or not 0 <= warmup_epochs < math.inf:
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, numbers.Real) or not 0 <= warmup_epochs < math.inf:
             raise ValueError(f"warmup_epochs M must be a finite number >= 0; got {warmup_epochs!r}")
         if confidence not in ("fresh", "cached"):
             raise ValueError(f"confidence must be 'fresh' or 'cached'; got {confidence!r}")
-        self.warmup_epochs = warmup_epochs
+        self.warmup_epochs = float(warmup_epochs)
         self.half = bool(half)
         self.confidence = confidence
         self._cache: Tensor | None = None  # float32 [n_samples] max softmax, NaN where unseen
@@ -230,7 +238,10 @@ class ConfMix(AlphaPolicy):
     def beta_parameter(self, alpha: float | np.ndarray) -> float | np.ndarray:
         return alpha / 2 if self.half else alpha
 
-    def check(self, *, num_classes: int | None, per_sample: bool) -> None:
+    def check(self, *, num_classes: int | None, per_sample: bool, task: str) -> None:
+        if task != "classification":
+            raise ValueError(f"ConfMix sets alpha from the model's confidence in one class: it needs "
+                             f"task='classification'; got {task!r}")
         if not per_sample:
             raise ValueError("ConfMix sets alpha per sample: it needs per_sample=True")
         if self.confidence == "cached" and num_classes is None:
