@@ -172,3 +172,23 @@ def test_threads_are_fitted_to_the_free_cores_before_each_shard(tmp_path, monkey
     with ShardStore(tmp_path / "x", "toy", {}) as store:
         with pytest.raises(ValueError, match="MANIFOLD_MIXUP_THREADS must be 'auto' or a number"):
             run_shards(store, [Shard("a", {"i": 0})], worker, progress=False)
+
+
+def test_threads_count_another_study_seen_in_any_look(tmp_path, monkeypatch):
+    # another study stalled at a barrier sleeps part of the time: one look in five that sees its
+    # threads is enough to leave it the cores (taking the least look, two copies kept all threads)
+    import os
+
+    import torch
+
+    import manifold_mixup.shards as shards_mod
+
+    cores = len(os.sched_getaffinity(0))
+    looks = iter([0, cores, 0, 0, 0])
+    monkeypatch.setattr(shards_mod, "_runnable_others", lambda: next(looks, 0))
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    old = torch.get_num_threads()
+    try:
+        assert shards_mod.fit_threads_to_load(old) == 1
+    finally:
+        torch.set_num_threads(old)

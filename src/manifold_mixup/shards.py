@@ -433,15 +433,27 @@ def _check_address(address: str, timeout: float = 3.0) -> None:
 THREADS_ENV = "MANIFOLD_MIXUP_THREADS"
 
 
+def _own_running() -> int:
+    """This process's threads in the running state (Linux /proc)."""
+    own = 0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # a thread that just ended
+            continue
+        own += stat[stat.rindex(")") + 2] == "R"
+    return own
+
+
 def _runnable_others() -> int:
     """Runnable tasks on the machine, less this process's own running threads (Linux /proc;
-    0 where it cannot be read)."""
+    0 where it cannot be read). Our own threads are counted just before and just after the
+    machine's count and the larger count is taken: a worker thread that stops spinning in between
+    must not look like another process."""
     try:
+        before = _own_running()
         total = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-        own = 0
-        for task in Path("/proc/self/task").iterdir():
-            stat = (task / "stat").read_text()
-            own += stat[stat.rindex(")") + 2] == "R"
+        own = max(before, _own_running())
     except (OSError, ValueError, IndexError):
         return 0
     return max(0, total - own)
@@ -458,11 +470,11 @@ def fit_threads_to_load(max_threads: int) -> int:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     others = []
-    for i in range(3):  # the least of three looks: a passing process should not cost a thread
-        if i:
-            time.sleep(0.005)
+    for i in range(5):  # the most of five looks over 20 ms: another study's threads, stalled at a
+        if i:           # barrier, sleep part of the time, and the least look would miss them (two
+            time.sleep(0.005)  # copies then kept 2 threads each and ran 25x slower than alone)
         others.append(_runnable_others())
-    threads = max(1, min(max_threads, cores - min(others)))
+    threads = max(1, min(max_threads, cores - max(others)))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
