@@ -109,3 +109,26 @@ def test_eval_epochs_settings_and_the_long_preset(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "eval_epochs must be integers in 1..epochs = 20" in err and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_depth_study_rows_do_not_depend_on_the_thread_count(tmp_path):
+    # the CLI fits torch's threads to the load before each shard (MANIFOLD_MIXUP_THREADS=auto);
+    # that is only allowed because the depth study's numbers are the same with 1 and 2 threads
+    import csv
+
+    import torch
+
+    from manifold_mixup.studies.depth import preset, run_depth_study
+
+    old = torch.get_num_threads()
+    rows = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            cfg = preset("quick", ks=(3,), problems_per_k=2, problems_per_shard=2, epochs=2, hidden=(64, 64, 64),
+                         grid_resolution=16, mmlb_samples=2000)
+            run_depth_study(cfg, tmp_path / f"t{n}", progress=False)
+            rows.append(list(csv.DictReader(open(tmp_path / f"t{n}" / "results.csv"))))
+    finally:
+        torch.set_num_threads(old)
+    assert rows[0] == rows[1]

@@ -518,16 +518,22 @@ def run_shards(
     progress: bool = True,
     desc: str = "shards",
     gpus_per_task: float = 0,
+    adapt_threads: bool = True,
 ) -> list[dict]:
     """Run every unfinished shard through ``worker(payload) -> rows``, save each as it finishes,
     and return all rows in shard order. Shards are read one at a time from ``shards`` (a list or
     a :class:`ShardList`), so nothing grows with their number before they run.
-    ``gpus_per_task``: GPUs Ray reserves for each task (Ray hides the GPUs from tasks that reserve none)."""
+    ``gpus_per_task``: GPUs Ray reserves for each task (Ray hides the GPUs from tasks that reserve none).
+    ``adapt_threads``: False for studies whose numbers depend on the thread count (the ConfMix
+    study's convolutions): ``MANIFOLD_MIXUP_THREADS=auto`` then leaves torch's threads as they are,
+    so that a rerun gives the same numbers whatever the load (a number still sets them)."""
     check_executor(executor, address)
     _unique_keys(shards)
     from tqdm.auto import tqdm
 
     policy = _thread_policy() if executor == "local" else None
+    if policy is not None and policy < 0 and not adapt_threads:
+        policy = None
     bar = tqdm(total=len(shards), desc=desc, unit="shard", disable=not progress, smoothing=0.1)
     if policy is not None and policy < 0:
         import torch

@@ -248,7 +248,8 @@ def run_confmix_study(cfg: ConfMixStudyConfig, out: str | Path, executor: str = 
     info = {"n_train": n_train, "batch_size_used": cfg.batch_for(n_train), "steps_per_epoch": _steps(cfg, n_train)}
     rows = run_study(out, "confmix-study", cfg.settings(), shards_for(cfg), train_one, info=info, executor=executor,
                      address=address, progress=progress, desc="confmix study",
-                     gpus_per_task=1 if resolve_device(cfg.device).type == "cuda" else 0)
+                     gpus_per_task=1 if resolve_device(cfg.device).type == "cuda" else 0,
+                     adapt_threads=False)  # the CNN's numbers depend on the thread count: keep them fixed
     write_csv(out / "results.csv", [{k: v for k, v in r.items() if k not in ("policy", "test_acc_per_epoch")} for r in rows])
     text, table = summarise(cfg, rows, n_train)
     write_atomic(out / "summary.md", text)
