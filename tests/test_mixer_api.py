@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import manifold_mixup as mm
-from conftest import Residual, data
+from conftest import LastStep, Residual, data
 
 
 def _hand_mix(model, layer, x, perm, lam, select=None):
@@ -247,17 +247,7 @@ def test_bad_input_gets_a_clear_error_before_any_work():
 
 
 def test_a_selector_that_does_not_fit_is_named():
-    class TupleOut(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.enc = nn.LSTM(4, 4, batch_first=True)
-            self.head = nn.Linear(4, 2)
-
-        def forward(self, x):
-            out, _ = self.enc(x)
-            return self.head(out[:, -1])
-
-    model = TupleOut()
+    model = LastStep()
     x = torch.randn(4, 3, 4)
     with pytest.raises(ValueError, match=r"select\['enc'\] = 5 is out of range: the layer's output has 2 parts"):
         mm.ManifoldMixup(model, ["enc"], select={"enc": 5}, generator=0)(x, torch.tensor([0, 1, 0, 1]))
@@ -416,17 +406,8 @@ def test_more_bad_input_from_review():
     model = Residual()
     x, y = data(b=6)
 
-    class TakesPart(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.enc = nn.LSTM(4, 4, batch_first=True)
-            self.head = nn.Linear(4, 2)
-
-        def forward(self, x):
-            return self.head(self.enc(x)[0][:, -1])
-
     with pytest.raises(ValueError, match="without calling mix"):
-        mm.ManifoldMixup(TakesPart(), ["enc"], select={"enc": lambda out, mix: out}, generator=0)(
+        mm.ManifoldMixup(LastStep(), ["enc"], select={"enc": lambda out, mix: out}, generator=0)(
             torch.randn(6, 3, 4), y % 2)
 
     class BadNeeds(mm.AlphaPolicy):

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .confidence import eval_mode, forward_confidence, suffix_cut
-from .mixing import MixPlan, PlanStream, check_alpha, check_label_range, check_soft_rows, mix
+from .mixing import MixPlan, PlanStream, check_alpha, check_class_targets, check_label_range, mix, target_rows
 from .policies import NEEDS, AlphaPolicy, as_policy
 
 __all__ = ["ManifoldMixup", "LastPlan", "eval_mode", "unwrap", "INPUT", "MODEL_INPUT"]
@@ -196,7 +196,7 @@ class ManifoldMixup:
         wrapped = {n: nm for nm, m in modules.items() if (n := outer.get(id(m)))}  # e.g. '_orig_mod.fc1' -> 'fc1'
         self.layers = [wrapped.get(n, n) if n not in modules else n for n in self.layers]
         for name in self.layers:
-            if not isinstance(name, str) or (name not in modules and name not in (INPUT, MODEL_INPUT)) or name == "":
+            if (name not in modules and name not in (INPUT, MODEL_INPUT)) or name == "":
                 raise ValueError(f"unknown layer {name!r}; valid names: {valid}")
         if INPUT in modules and INPUT in self.layers:
             warnings.warn("the model has a submodule named 'input': the layer 'input' is that submodule; "
@@ -476,14 +476,9 @@ class ManifoldMixup:
     def _check_targets(self, y: Tensor) -> None:
         """Check the targets before any work (labels against num_classes where it is known)."""
         if self.task == "classification":
-            if y.dtype.is_floating_point:
-                check_soft_rows(y, self.num_classes)
-            elif y.dtype == torch.bool or y.dtype.is_complex:
+            if y.dtype == torch.bool or y.dtype.is_complex:
                 raise ValueError(f"classification targets are class indices [B] or soft rows [B, K]; got {y.dtype}")
-            elif y.ndim != 1:
-                raise ValueError(f"class-index targets must have shape [B]; got {tuple(y.shape)}")
-            elif self.num_classes is not None:
-                check_label_range(y, self.num_classes)
+            check_class_targets(y, self.num_classes)
         elif self.task == "multilabel":
             if y.ndim != 2 or y.dtype.is_complex:
                 raise ValueError(f"multilabel targets must be rows [B, K] in [0, 1]; got {y.dtype} of shape {tuple(y.shape)}")
@@ -502,17 +497,11 @@ class ManifoldMixup:
             k = logits.shape[-1]
             if self.num_classes is not None and k != self.num_classes:
                 raise ValueError(f"the model returned {k} logits per row but num_classes={self.num_classes}")
-            if y.dtype.is_floating_point:
-                if y.shape[1] != k:
-                    raise ValueError(f"soft targets have {y.shape[1]} columns but the model returned {k} logits per row")
-                rows = y.float()
-            else:
-                if self.num_classes is None:
-                    check_label_range(y, k)
-                rows = torch.nn.functional.one_hot(y.long(), k).float()
-            if self.label_smoothing:
-                rows = rows * (1 - self.label_smoothing) + self.label_smoothing / k
-            t = rows.to(logits.device)
+            if y.dtype.is_floating_point and y.shape[1] != k:
+                raise ValueError(f"soft targets have {y.shape[1]} columns but the model returned {k} logits per row")
+            if not y.dtype.is_floating_point and self.num_classes is None:
+                check_label_range(y, k)  # (checked before the forward where num_classes was given)
+            t = target_rows(y, k, self.label_smoothing).to(logits.device)
         else:
             t = (y if y.dtype.is_floating_point else y.float()).to(logits.device)
         return t if plan is None else mix(t, plan)

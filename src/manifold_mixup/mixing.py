@@ -31,6 +31,8 @@ __all__ = [
     "sample_lambda",
     "draw_plan",
     "mix",
+    "check_class_targets",
+    "target_rows",
     "soft_targets",
     "mix_targets",
     "soft_cross_entropy",
@@ -241,15 +243,27 @@ def check_soft_rows(y: Tensor, num_classes: int | None = None, tol: float | None
         raise ValueError(f"soft target rows must sum to 1 (within {tol}); row {i} sums to {s[i].item():.6g}")
 
 
-def _check_labels(y: Tensor, num_classes: int) -> None:
-    if num_classes < 2:
+def check_class_targets(y: Tensor, num_classes: int | None) -> None:
+    """Raise ValueError unless y is soft rows [B, K] (``check_soft_rows``) or class indices [B] in
+    [0, num_classes); with num_classes None, the shapes and rows only (K is not known yet)."""
+    if num_classes is not None and num_classes < 2:
         raise ValueError(f"num_classes must be >= 2; got {num_classes}")
     if y.dtype.is_floating_point:
         check_soft_rows(y, num_classes)
         return
     if y.ndim != 1:
         raise ValueError(f"class-index targets must have shape [B]; got {tuple(y.shape)}")
-    check_label_range(y, num_classes)
+    if num_classes is not None:
+        check_label_range(y, num_classes)
+
+
+def target_rows(y: Tensor, num_classes: int, label_smoothing: float = 0.0) -> Tensor:
+    """Float rows [B, K] of checked targets: soft rows as they are, class indices one-hot; then
+    ``(1 - eps) * row + eps / K`` for label smoothing eps."""
+    rows = y.float() if y.dtype.is_floating_point else F.one_hot(y.long(), num_classes).float()
+    if label_smoothing:
+        rows = rows * (1 - label_smoothing) + label_smoothing / num_classes
+    return rows
 
 
 def soft_targets(y: Tensor, num_classes: int, label_smoothing: float = 0.0) -> Tensor:
@@ -260,11 +274,8 @@ def soft_targets(y: Tensor, num_classes: int, label_smoothing: float = 0.0) -> T
     """
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}")
-    _check_labels(y, num_classes)
-    rows = y.float() if y.dtype.is_floating_point else F.one_hot(y.long(), num_classes).float()
-    if label_smoothing:
-        rows = rows * (1 - label_smoothing) + label_smoothing / num_classes
-    return rows
+    check_class_targets(y, num_classes)
+    return target_rows(y, num_classes, label_smoothing)
 
 
 def mix_targets(y: Tensor, plan: MixPlan, num_classes: int, label_smoothing: float = 0.0) -> Tensor:
@@ -287,7 +298,7 @@ def mixed_cross_entropy(logits: Tensor, y: Tensor, plan: MixPlan, label_smoothin
     logits [B, K]; y LongTensor [B] of class indices. Equal to ``soft_cross_entropy`` against
     ``mix_targets(y, plan, K, label_smoothing)``.
     """
-    _check_labels(y, logits.shape[-1])
+    check_class_targets(y, logits.shape[-1])
     y = y.long()
     lam = plan.lam.to(logits.device, torch.float32)
     ce = lambda t: F.cross_entropy(logits.float(), t, reduction="none", label_smoothing=label_smoothing)  # noqa: E731
