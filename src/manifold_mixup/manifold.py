@@ -35,6 +35,9 @@ INPUT = "input"  # the model's input (unless the model has a submodule of that n
 MODEL_INPUT = "<input>"  # the model's input, always
 TASKS = ("classification", "multilabel", "regression")
 _RESERVED = ("index", "plan", "layer")
+VALIDATE = ("first", "always")
+VALIDATE_CALLS = 20  # calls whose targets (and replayed plans) are checked by value under validate="first"
+_FIRST_CALLS = 3  # a layer that has not run in the first this-many calls that drew it is an error
 
 # How to find the tensor to mix in a module output that is a tuple, list or dict:
 # an index or key, or a function ``(output, mix_fn) -> new_output``.
@@ -91,8 +94,33 @@ def _apply_selector(output: Any, selector: Selector | None, fn: Callable[[Tensor
     raise ValueError(f"select[{name!r}] = {selector!r} does not fit an output of type {type(output).__name__}")
 
 
+class _Replay:
+    """A mixed run that autograd may recompute in the call's backward (activation checkpointing):
+    its plan, and a weak reference to the call's logits (the record dies with them)."""
+
+    def __init__(self, plan: MixPlan, logits: Tensor) -> None:
+        self.plan = plan
+        self.logits = weakref.ref(logits)
+
+
+def _checkpointed(call_grad: bool) -> bool:
+    """True where the running forward is one that autograd recomputes in backward: inside
+    ``torch.utils.checkpoint`` (non-reentrant: its saved-tensor hooks are on; reentrant: it runs
+    the forward without grad inside a call made with grad)."""
+    top = torch._C._autograd._top_saved_tensors_default_hooks(True)
+    if top is not None and getattr(top[0], "__module__", "") == "torch.utils.checkpoint":
+        return True
+    return call_grad and not torch.is_grad_enabled()
+
+
+def _in_backward() -> bool:
+    """True while autograd runs a backward pass (where checkpointing recomputes forwards)."""
+    return torch._C._current_autograd_node() is not None
+
+
 class _MixHook:
-    """The forward hook of one layer: mixes its output at the first run in a mixer call.
+    """The forward hook of one layer: mixes its output at the first run in a mixer call, and
+    applies the same plan again where autograd recomputes that run in the call's backward.
 
     ``plan`` is the call's plan, or None and ``make_plan(h)`` draws it from the clean output h
     (fresh confidences through ``confidence.suffix_cut``). A picklable object, not a closure."""
@@ -102,8 +130,21 @@ class _MixHook:
         self.active = False  # set for the one mixer call that mixes at this layer
         self.plan: MixPlan | None = None
         self.make_plan: Callable[[Tensor], MixPlan] | None = None
-        self.fired = False
+        self.call_grad = False  # grad mode of the mixer call
+        self.runs = 0  # runs of the layer in the current call
+        self.checkpointed = False  # the mixed run is one that autograd recomputes
         self.warned = False
+        self.replays: list[_Replay] = []  # checkpointed mixed runs whose backward is to come
+        self.release: Callable[[], None] | None = None  # takes the hook off when nothing is pending
+
+    def __getstate__(self) -> dict:
+        # weak references and handles do not pickle; nothing is pending in a copy
+        return {**self.__dict__, "replays": [], "release": None}
+
+    def __deepcopy__(self, memo: dict) -> "_MixHook":
+        new = copy.copy(self)
+        new.__dict__.update(copy.deepcopy(self.__getstate__(), memo))
+        return new
 
     def _mix(self, h: Tensor) -> Tensor:
         if self.plan is None:
@@ -112,20 +153,77 @@ class _MixHook:
         return mix(h, self.plan)
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+        compiling = torch.compiler.is_compiling()  # (compiled code recomputes within its own graph)
+        if self.replays and not compiling and _in_backward():
+            return self._replay(output)
         if not self.active:
             return None
-        if self.fired:
+        here = not compiling and _checkpointed(self.call_grad)
+        self.runs += 1
+        if self.runs > 1:
+            if here and self.checkpointed:  # both runs recomputed in backward: which one was mixed?
+                raise RuntimeError(
+                    f"layer {self.name!r} runs more than once in one forward, inside activation-checkpointed code: "
+                    "autograd recomputes it in backward and the mixer cannot tell which recomputed run was the "
+                    "mixed one; mix at a layer that runs once, or do not checkpoint the code around it")
             if not self.warned:
                 self.warned = True
                 warnings.warn(f"layer {self.name!r} runs more than once in one forward; it is mixed at its first call only",
                               stacklevel=2)
             return None
-        self.fired, self.mixed = True, False
+        self.checkpointed, self.mixed = here, False
         out = _apply_selector(output, self.selector, self._mix, self.name)
         if not self.mixed:
             raise ValueError(f"select[{self.name!r}] returned without calling mix: nothing was mixed, while the targets "
                              "would be; the function must pass the tensor to mix through mix(...)")
         return out
+
+    def _replay(self, output: Any) -> Any:
+        """The recomputation of a checkpointed mixed run, in backward: the same plan again."""
+        live = [r for r in self.replays if r.logits() is not None]
+        self.replays[:] = live
+        if not live:
+            return None
+        if len(live) > 1:
+            raise RuntimeError(
+                f"layer {self.name!r} is recomputed in backward (activation checkpointing) while {len(live)} mixer "
+                "calls that mixed it have not finished their backward: the mixer cannot tell which call's plan the "
+                "recomputation belongs to; call backward after each mixer call when the layer is checkpointed")
+        rec = live[0]
+        _at_end_of_backward(self, rec)
+        return _apply_selector(output, self.selector, lambda h: mix(h, rec.plan), self.name)
+
+
+class _Release:
+    """Takes a hook off its module (non-compiled models, where hooks exist only while needed)."""
+
+    def __init__(self, hook: _MixHook, handle: Any) -> None:
+        self.hook, self.handle = hook, handle
+
+    def __call__(self) -> None:
+        self.handle.remove()
+        self.hook.release = None
+
+
+class _EndOfBackward:
+    """A tensor hook on a call's logits: when backward reaches them, the call's pending
+    recomputation record is dropped at the end of that backward pass."""
+
+    def __init__(self, hook: _MixHook, rec: _Replay) -> None:
+        self.hook, self.rec = hook, rec
+
+    def __call__(self, grad: Tensor) -> None:
+        _at_end_of_backward(self.hook, self.rec)
+
+
+def _at_end_of_backward(hook: _MixHook, rec: _Replay) -> None:
+    """Drop ``rec`` (and the hook itself, once nothing is pending) when the running backward ends."""
+    def done() -> None:
+        if rec in hook.replays:
+            hook.replays.remove(rec)
+        if not hook.replays and hook.release is not None:
+            hook.release()
+    torch.autograd.Variable._execution_engine.queue_callback(done)
 
 
 class ManifoldMixup:
@@ -160,6 +258,16 @@ class ManifoldMixup:
             ``"input"`` mixes.
         reuse_prefix: let policies that need fresh confidences take them from the clean hidden
             state where that gives the same numbers (``manifold_mixup.confidence.suffix_cut``).
+        validate: ``"first"`` checks the values of targets (label range, soft-row sums) on the
+            first 20 calls only, so that later steps on a GPU make no device-to-host
+            synchronisation; ``"always"`` checks them on every call. Shapes, dtypes and devices
+            are checked on every call.
+
+    Attributes:
+        last_plan: the ``LastPlan`` of the last mixed call (None after an eval-mode call or a
+            call on which the model skipped the drawn layer).
+        skipped: ``{layer: calls}`` on which the model did not run the drawn layer (layerdrop,
+            stochastic depth): those calls were ERM steps, with unmixed targets.
     """
 
     def __init__(
@@ -178,6 +286,7 @@ class ManifoldMixup:
         logits: Callable[[Any], Tensor] | None = None,
         input_key: str | None = None,
         reuse_prefix: bool = True,
+        validate: str = "first",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
@@ -226,6 +335,8 @@ class ManifoldMixup:
             raise ValueError(f"label_smoothing must be a number in [0, 1); got {label_smoothing!r}")
         self.policy.check(num_classes=num_classes, per_sample=per_sample, task=task)
         _check_needs(self.policy)
+        if validate not in VALIDATE:
+            raise ValueError(f"validate must be one of {VALIDATE}; got {validate!r}")
         if label_smoothing and task != "classification":
             raise ValueError(f"label_smoothing applies to classification targets only; task={task!r}")
         if logits is not None and not callable(logits):
@@ -246,20 +357,27 @@ class ManifoldMixup:
         self.logits_fn = logits
         self.input_key = input_key
         self.reuse_prefix = bool(reuse_prefix)
+        self.validate = validate
+        self._calls = 0  # successful calls, for validate="first"
+        self.skipped = {n: 0 for n in self.layers}
+        self._ran: set[str] = set()  # layers that have run in a mixer call
+        self._never_ran: dict[str, int] = {}  # calls in which a layer that never ran was drawn
         self._input_names = (MODEL_INPUT,) if INPUT in modules else (INPUT, MODEL_INPUT)
         rank = _ddp_rank(model)
         self._stream = PlanStream(generator, () if rank is None else (rank,))
         self._hooks = {n: _MixHook(n, self.select.get(n)) for n in self.layers if n not in self._input_names}
-        # Compiled code does not see hooks added after it was traced (dynamo skips guards on module
-        # hooks, and reuses graphs across modules of one structure): on a compiled model the
-        # hooks stay on for the mixer's life, inactive outside its calls (graphs: one without
-        # mixing, one per layer), and torch.compile's caches are reset once so that they are seen.
+        # Compiled code does not see hooks added after it was traced (by default dynamo does not
+        # guard on module hooks, and reuses graphs across modules of one structure): on a compiled
+        # model the hooks stay on for the mixer's life, inactive outside its calls (graphs: one
+        # without mixing, one per layer); dynamo is told to guard on module hooks, so that another
+        # compiled instance of the class (a teacher, an EMA copy) gets graphs of its own, and
+        # graphs traced before the mixer existed are dropped once (torch.compiler.reset()).
         self._compiled = _is_compiled(model)
         self._handles = []
         if self._compiled:
             self._handles = [base.get_submodule(n).register_forward_hook(h) for n, h in self._hooks.items()]
             weakref.finalize(self, _remove_handles, list(self._handles))  # also when the mixer is dropped
-            torch.compiler.reset()
+            _guard_on_hooks()
         self.last_plan: LastPlan | None = None
         self._pending: tuple | None = None  # (alpha, lambdas) of the call in progress
         self._removed = False
@@ -270,6 +388,10 @@ class ManifoldMixup:
         on a compiled model, where they are taken off now.)"""
         _remove_handles(self._handles)
         self._handles = []
+        for hook in self._hooks.values():
+            hook.replays.clear()
+            if hook.release is not None:
+                hook.release()
         self._removed = True
 
     def __enter__(self) -> "ManifoldMixup":
@@ -324,7 +446,8 @@ class ManifoldMixup:
             raise TypeError(f"targets y must be a tensor; got {type(y).__name__}")
         if y.ndim == 0 or y.shape[0] != b:
             raise ValueError(f"targets have shape {tuple(y.shape)} but the input has a batch of {b}")
-        self._check_targets(y)
+        values = self.validate == "always" or self._calls < VALIDATE_CALLS  # checks that read tensor values
+        self._check_targets(y, values)
         if index is not None and (not isinstance(index, Tensor) or index.ndim != 1 or index.shape[0] != b
                                   or index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool):
             raise ValueError(f"index must be an integer tensor [{b}] of sample indices; got "
@@ -338,11 +461,14 @@ class ManifoldMixup:
                 raise TypeError(f"plan must be a MixPlan; got {type(plan).__name__}")
             if plan.batch_size != b:
                 raise ValueError(f"the plan is for a batch of {plan.batch_size} but the input has {b} rows")
-            plan.validate()
+            if values:
+                plan.validate()
         if not unwrap(self.model).training:
             self.last_plan = None
             logits = self._logits(self._call(x, args, kwargs))
-            return logits, self._targets(y, logits, None)
+            targets = self._targets(y, logits, None, values)
+            self._calls += 1
+            return logits, targets
         if b < 2:
             raise ValueError(f"mixing needs a batch of at least 2 rows; got {'an empty batch' if b == 0 else 'a batch of 1'}")
         needs = _check_needs(self.policy) if plan is None else frozenset()
@@ -351,7 +477,9 @@ class ManifoldMixup:
         stream = self._stream.state  # a failed call gives its draws back
         self._pending = None
         try:
-            return self._mixed_call(x, y, args, kwargs, b, index, plan, layer, needs)
+            out = self._mixed_call(x, y, args, kwargs, b, index, plan, layer, needs, values)
+            self._calls += 1
+            return out
         except BaseException:
             self._stream.state = stream
             raise
@@ -359,7 +487,8 @@ class ManifoldMixup:
             self._pending = None
 
     def _mixed_call(self, x: Any, y: Tensor, args: tuple, kwargs: dict, b: int, index: Tensor | None,
-                    plan: MixPlan | None, layer: str | None, needs: frozenset[str]) -> tuple[Tensor, Tensor]:
+                    plan: MixPlan | None, layer: str | None, needs: frozenset[str],
+                    values: bool) -> tuple[Tensor, Tensor]:
         make_plan = None
         device = self._device(x)
         if plan is None:
@@ -374,32 +503,65 @@ class ManifoldMixup:
                     conf = forward_confidence(unwrap(self.model), lambda: self._call(x, args, kwargs, base=True), self._logits)
                     plan = self._draw(b, index, conf)
                 else:
-                    make_plan = lambda h: self._draw(b, index, cut.confidence(h, self._logits)).to(h.device)  # noqa: E731
-        if plan is not None and plan.perm.device != device:
-            plan = plan.to(device)
+                    make_plan = lambda h: _to_device(self._draw(b, index, cut.confidence(h, self._logits)), h.device)  # noqa: E731
+        if plan is not None:
+            plan = _to_device(plan, device)
         if layer in self._input_names:
             out = self._call(self._mix_input(x, plan), args, kwargs)
+            ran = checkpointed = False
         else:
-            hook = self._hooks[layer]
-            hook.plan, hook.make_plan, hook.fired, hook.active = plan, make_plan, False, True
-            handle = None if self._compiled else unwrap(self.model).get_submodule(layer).register_forward_hook(hook)
-            try:
-                out = self._call(x, args, kwargs)
-            finally:
-                if handle is not None:
-                    handle.remove()
-                plan, hook.plan, hook.make_plan, hook.active = hook.plan, None, None, False
-            if not hook.fired:
-                why = (" (compiled code traced after the mixer was made without its hooks? call torch.compiler.reset())"
-                       if self._compiled else "")
-                raise RuntimeError(f"layer {layer!r} did not run in the forward pass, so nothing was mixed{why}")
+            out, plan, ran, checkpointed = self._hooked_call(layer, x, args, kwargs, plan, make_plan)
         logits = self._logits(out)
-        targets = self._targets(y, logits, plan)
-        if self._pending is not None:  # the call succeeded: the policy records the batch
-            self.policy.record(*self._pending)
+        if layer not in self._input_names and not ran:  # the model skipped the layer on this call
+            targets = self._targets(y, logits, None, values)
+            self.skipped[layer] += 1
+            self.last_plan = None
+        else:
+            targets = self._targets(y, logits, plan, values)
+            if self._pending is not None:  # the call succeeded: the policy records the batch
+                self.policy.record(*self._pending)
+            self.last_plan = LastPlan(plan.perm, plan.lam, layer)
+            if checkpointed and logits.requires_grad:  # autograd recomputes the mixed run in backward
+                self._expect_recomputation(layer, plan, logits)
+            self._ran.add(layer)
         self.policy.observe(index, logits.detach(), y)
-        self.last_plan = LastPlan(plan.perm, plan.lam, layer)
         return logits, targets
+
+    def _hooked_call(self, layer: str, x: Any, args: tuple, kwargs: dict, plan: MixPlan | None,
+                     make_plan: Callable[[Tensor], MixPlan] | None) -> tuple[Any, MixPlan | None, bool, bool]:
+        """The forward with the layer's hook active: (output, plan, whether the layer ran, whether its
+        mixed run is one that autograd recomputes in backward)."""
+        hook = self._hooks[layer]
+        hook.plan, hook.make_plan, hook.runs, hook.checkpointed = plan, make_plan, 0, False
+        hook.call_grad, hook.active = torch.is_grad_enabled(), True
+        if not self._compiled and hook.release is None:
+            handle = unwrap(self.model).get_submodule(layer).register_forward_hook(hook)
+            hook.release = _Release(hook, handle)
+        try:
+            out = self._call(x, args, kwargs)
+        finally:
+            plan, hook.plan, hook.make_plan, hook.active = hook.plan, None, None, False
+            if not hook.replays and hook.release is not None:  # nothing pending: the model is the user's again
+                hook.release()
+        ran = hook.runs > 0
+        if not ran and layer not in self._ran:
+            self._never_ran[layer] = self._never_ran.get(layer, 0) + 1
+            if self._never_ran[layer] >= _FIRST_CALLS:
+                why = (" (compiled code traced without the mixer's hooks? see the README on compiled models)"
+                       if self._compiled else "")
+                raise RuntimeError(f"layer {layer!r} did not run in the forward pass of any of the {_FIRST_CALLS} mixer "
+                                   f"calls that drew it, so nothing was mixed{why}; name a layer that the model runs")
+        return out, plan, ran, hook.checkpointed
+
+    def _expect_recomputation(self, layer: str, plan: MixPlan, logits: Tensor) -> None:
+        """Keep the layer's hook on until this call's backward has recomputed its checkpointed mixed run."""
+        hook = self._hooks[layer]
+        rec = _Replay(plan, logits)
+        hook.replays.append(rec)
+        if hook.release is None and not self._compiled:
+            handle = unwrap(self.model).get_submodule(layer).register_forward_hook(hook)
+            hook.release = _Release(hook, handle)
+        logits.register_hook(_EndOfBackward(hook, rec))
 
     def _draw(self, b: int, index: Tensor | None, confidence: tuple[Tensor, int] | None) -> MixPlan:
         """Ask the policy for the batch's alpha, draw the plan, record both."""
@@ -473,22 +635,23 @@ class ManifoldMixup:
         raise TypeError(f"the model returned a {type(out).__name__}, which is not a tensor and has no .logits: give the "
                         "mixer logits=<a function from the model's output to the logits tensor>")
 
-    def _check_targets(self, y: Tensor) -> None:
-        """Check the targets before any work (labels against num_classes where it is known)."""
+    def _check_targets(self, y: Tensor, values: bool) -> None:
+        """Check the targets before any work (labels against num_classes where it is known); with
+        ``values`` False only what needs no read of tensor values (shapes, dtypes)."""
         if self.task == "classification":
             if y.dtype == torch.bool or y.dtype.is_complex:
                 raise ValueError(f"classification targets are class indices [B] or soft rows [B, K]; got {y.dtype}")
-            check_class_targets(y, self.num_classes)
+            check_class_targets(y, self.num_classes, values=values)
         elif self.task == "multilabel":
             if y.ndim != 2 or y.dtype.is_complex:
                 raise ValueError(f"multilabel targets must be rows [B, K] in [0, 1]; got {y.dtype} of shape {tuple(y.shape)}")
-            bad = ~((y >= 0) & (y <= 1))
-            if bad.any():
+            bad = ~((y >= 0) & (y <= 1)) if values else None
+            if bad is not None and bad.any():
                 raise ValueError(f"multilabel targets must lie in [0, 1]; got {y[bad][0].item()}")
         elif not y.dtype.is_floating_point:
             raise ValueError(f"regression targets must be a float tensor [B, ...]; got {y.dtype}")
 
-    def _targets(self, y: Tensor, logits: Tensor, plan: MixPlan | None) -> Tensor:
+    def _targets(self, y: Tensor, logits: Tensor, plan: MixPlan | None, values: bool = True) -> Tensor:
         """The targets for the logits: mixed by ``plan``, or as they are if it is None."""
         if self.task == "classification":
             if logits.ndim != 2:
@@ -499,12 +662,31 @@ class ManifoldMixup:
                 raise ValueError(f"the model returned {k} logits per row but num_classes={self.num_classes}")
             if y.dtype.is_floating_point and y.shape[1] != k:
                 raise ValueError(f"soft targets have {y.shape[1]} columns but the model returned {k} logits per row")
-            if not y.dtype.is_floating_point and self.num_classes is None:
+            if not y.dtype.is_floating_point and self.num_classes is None and values:
                 check_label_range(y, k)  # (checked before the forward where num_classes was given)
             t = target_rows(y, k, self.label_smoothing).to(logits.device)
         else:
             t = (y if y.dtype.is_floating_point else y.float()).to(logits.device)
         return t if plan is None else mix(t, plan)
+
+
+def _to_device(plan: MixPlan, device: torch.device) -> MixPlan:
+    """The plan on ``device``; to a GPU by a non-blocking copy from pinned memory (no host sync)."""
+    if plan.perm.device == device:
+        return plan
+    if device.type == "cuda" and plan.perm.device.type == "cpu":
+        return MixPlan(plan.perm.pin_memory().to(device, non_blocking=True),
+                       plan.lam.pin_memory().to(device, non_blocking=True))
+    return plan.to(device)
+
+
+def _guard_on_hooks() -> None:
+    """Make torch.compile guard on module hooks (process-wide), dropping graphs traced without them."""
+    import torch._dynamo
+
+    if torch._dynamo.config.skip_nnmodule_hook_guards:  # graphs traced so far may ignore the new hooks
+        torch._dynamo.config.skip_nnmodule_hook_guards = False
+        torch.compiler.reset()
 
 
 def _remove_handles(handles: list) -> None:

@@ -201,7 +201,9 @@ def draw_plan(batch_size: int, alpha: float | Tensor, *, per_sample: bool = True
 
 
 def mix(h: Tensor, plan: MixPlan) -> Tensor:
-    """Mix a batch-first tensor h [B, ...]: ``lam*h + (1-lam)*h[perm]``, in h's dtype and device."""
+    """Mix a batch-first tensor h [B, ...]: ``lam*h + (1-lam)*h[perm]``, in h's dtype and device.
+    A row whose lambda is exactly 1 is exactly h's row: its partner is not read (a NaN or inf
+    there stays there)."""
     if h.ndim == 0 or h.shape[0] != plan.perm.shape[0]:
         raise ValueError(
             f"cannot mix a tensor of shape {tuple(h.shape)} with a plan for a batch of {plan.batch_size}: "
@@ -211,7 +213,8 @@ def mix(h: Tensor, plan: MixPlan) -> Tensor:
     hh = h.float() if low else h
     lam = plan.lam.to(device=h.device, dtype=hh.dtype).view((-1,) + (1,) * (h.ndim - 1))
     # lerp(a, b, w) = a + w (b - a): one fused kernel, exact at w = 1 (gives b) and w = 0 (gives a)
-    out = torch.lerp(hh[plan.perm.to(h.device)], hh, lam)
+    # for finite rows; where lam = 1 the row is taken as it is, so a non-finite partner stays out
+    out = torch.where(lam == 1, hh, torch.lerp(hh[plan.perm.to(h.device)], hh, lam))
     return out.to(h.dtype) if low else out
 
 
@@ -225,12 +228,15 @@ def check_label_range(y: Tensor, num_classes: int) -> None:
         raise ValueError(f"labels must lie in [0, {num_classes}); got {bad}")
 
 
-def check_soft_rows(y: Tensor, num_classes: int | None = None, tol: float | None = None) -> None:
+def check_soft_rows(y: Tensor, num_classes: int | None = None, tol: float | None = None, *, values: bool = True) -> None:
     """Raise ValueError unless y [B, K] holds finite, non-negative rows that sum to 1 (within tol;
-    by default 1e-3, or K times 4 ulps of y's dtype where that is larger, as for bfloat16)."""
+    by default 1e-3, or K times 4 ulps of y's dtype where that is larger, as for bfloat16).
+    ``values=False`` checks the shape only (no read of the tensor's values)."""
     if y.ndim != 2 or (num_classes is not None and y.shape[1] != num_classes):
         want = f"[B, {num_classes}]" if num_classes is not None else "[B, K]"
         raise ValueError(f"soft targets must have shape {want}; got {tuple(y.shape)}")
+    if not values:
+        return
     bad = ~(y >= 0) | ~torch.isfinite(y)
     if bad.any():
         raise ValueError(f"soft targets must be finite and >= 0; got {y[bad][0].item()}")
@@ -243,17 +249,18 @@ def check_soft_rows(y: Tensor, num_classes: int | None = None, tol: float | None
         raise ValueError(f"soft target rows must sum to 1 (within {tol}); row {i} sums to {s[i].item():.6g}")
 
 
-def check_class_targets(y: Tensor, num_classes: int | None) -> None:
+def check_class_targets(y: Tensor, num_classes: int | None, *, values: bool = True) -> None:
     """Raise ValueError unless y is soft rows [B, K] (``check_soft_rows``) or class indices [B] in
-    [0, num_classes); with num_classes None, the shapes and rows only (K is not known yet)."""
+    [0, num_classes); with num_classes None, the shapes and rows only (K is not known yet).
+    ``values=False`` checks shapes only (no read of the tensor's values: no device sync)."""
     if num_classes is not None and num_classes < 2:
         raise ValueError(f"num_classes must be >= 2; got {num_classes}")
     if y.dtype.is_floating_point:
-        check_soft_rows(y, num_classes)
+        check_soft_rows(y, num_classes, values=values)
         return
     if y.ndim != 1:
         raise ValueError(f"class-index targets must have shape [B]; got {tuple(y.shape)}")
-    if num_classes is not None:
+    if num_classes is not None and values:
         check_label_range(y, num_classes)
 
 
