@@ -285,6 +285,36 @@ def test_a_dropped_graph_does_not_block_the_next_checkpointed_step():
     assert_same(got, reference(model, "blocks.1", mixer.last_plan, x, y))
 
 
+# -- compiled siblings ---------------------------------------------------------------------------
+@pytest.mark.parametrize("teacher_mode", ["train", "eval"])
+def test_another_compiled_instance_between_calls_leaves_the_mixer_right_with_bounded_graphs(teacher_mode):
+    """A compiled teacher (same class, other weights) run between mixer calls, with grad: every
+    mixer call mixes and equals the eager model with the same plan; no recompile per step."""
+    from torch._dynamo.utils import counters
+
+    student = torch_seeded(14, lambda: Blocks(None))
+    plain = copy.deepcopy(student)
+    teacher = torch.compile(torch_seeded(15, lambda: Blocks(None)), backend="aot_eager")
+    run = torch.compile(student, backend="aot_eager")
+    x, y = data(8, seed=14)
+    run(x)  # traced before the mixer exists
+    teacher(x)
+    mixer = mm.ManifoldMixup(run, ["blocks.0", "blocks.2"], generator=14)
+    graphs = []
+    for step in range(8):
+        logits, targets = mixer(x, y)
+        plan = mixer.last_plan
+        with HandHook(plain.get_submodule(plan.layer), plan.perm, plan.lam):
+            ref = plain(x)
+        torch.testing.assert_close(logits, ref, atol=1e-5, rtol=0)
+        mm.soft_cross_entropy(logits, targets).backward()
+        teacher.train(teacher_mode == "train")
+        teacher(x).sum().backward()  # the teacher, with grad, between mixer calls
+        teacher.train()
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[-1] == graphs[3]  # every graph was there after the first steps
+
+
 # -- Hugging Face gradient checkpointing ---------------------------------------------------------
 tf = pytest.importorskip("transformers")
 
