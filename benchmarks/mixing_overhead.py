@@ -16,7 +16,8 @@ Cases (``--models``, default all):
 - ``small-resnet``: ``mm.models.small_resnet`` (3x32x32, batch 64), mixing at block1 or block2.
 - ``paper-cnn-compiled``: the paper CNN (3x32x32, batch 250) as ``torch.compile(model)``; ERM is
   the compiled model, the mixer is given the compiled model; ``erm-eager`` (the uncompiled model)
-  is timed beside them. ``--compile-backend auto`` takes Inductor when it compiles on this machine
+  is timed beside them. Its twin (``--reference``) is the hand-written mixed forward compiled with
+  the same backend, so that the ratio library / twin tells the library's cost from the compiler's. ``--compile-backend auto`` takes Inductor when it compiles on this machine
   (it needs a C compiler), else ``aot_eager``; the JSON says which. Compile time is spent in the
   warm-up steps and excluded (reported as ``warmup_first_step_s``).
 - ``bert``: ``BertForSequenceClassification`` from a ``transformers`` config (random weights;
@@ -24,6 +25,11 @@ Cases (``--models``, default all):
   with padding (lengths 64..128) given as ``attention_mask=``; mixing at the first encoder block
   (``bert.encoder.layer.0``; ``select={name: 0}`` where the block returns a tuple). Skipped, with
   a JSON line that says so, where ``transformers`` is not installed.
+- ``bert-checkpointed``: the same BERT with 4 layers, hidden 256, 4 heads, FFN 1024, batch 32 of
+  128 tokens with padding, activation checkpointing on (``gradient_checkpointing_enable()``, the
+  transformers default: non-reentrant), mixing inside a checkpointed block
+  (``bert.encoder.layer.1.intermediate``), so that backward recomputes the mixed run; ERM is the
+  same checkpointed model.
 
 How it is timed: all methods of a case train one model instance with one optimizer, so memory
 layout favours none of them. Each round times one step of every method, in a shuffled order;
@@ -72,7 +78,9 @@ from torch import Tensor, nn
 
 import manifold_mixup as mm
 
-CASE_NAMES = ("paper-mlp", "paper-cnn", "paper-cnn-digits", "small-resnet", "paper-cnn-compiled", "bert")
+CASE_NAMES = ("paper-mlp", "paper-cnn", "paper-cnn-digits", "small-resnet", "paper-cnn-compiled", "bert",
+              "bert-checkpointed")
+BERT_CKPT_LAYER = "bert.encoder.layer.1.intermediate"
 BERT_BLOCK = "bert.encoder.layer.0"
 
 
@@ -127,7 +135,7 @@ def build_case(name: str, device: torch.device, compile_backend: str) -> Case:
             model = model.to(device)
             compiled = torch.compile(model, backend=compile_backend)
             return Case(name, compiled, model, x, y, 10, {"manifold": {"layers": at, "alpha": 0.5}},
-                        eager_erm=True, info={"compile_backend": compile_backend})
+                        twin=compiled_twin(compile_backend), eager_erm=True, info={"compile_backend": compile_backend})
         methods = {"manifold": {"layers": at, "alpha": 0.5}, **confmix}
         if name == "paper-cnn-digits":
             methods = {"input": {"layers": "input", "alpha": 0.5}, **methods}
@@ -139,6 +147,8 @@ def build_case(name: str, device: torch.device, compile_backend: str) -> Case:
                     twin=resnet_twin)
     if name == "bert":
         return bert_case(g, device)
+    if name == "bert-checkpointed":
+        return bert_checkpointed_case(g)
     raise ValueError(f"--models: unknown case {name!r}; allowed: {', '.join(CASE_NAMES)}")
 
 
@@ -188,6 +198,24 @@ def bert_case(g: torch.Generator, device: torch.device) -> Case:
     return Case("bert", model, model, ids, y, cfg.num_labels,
                 {"manifold": {"layers": BERT_BLOCK, "alpha": 0.5, "select": select}},
                 kwargs={"attention_mask": mask}, twin=hook_twin, info=info)
+
+
+def bert_checkpointed_case(g: torch.Generator) -> Case:
+    import transformers
+    from transformers import BertForSequenceClassification
+
+    cfg = bert_config(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
+    model = _seeded(1, lambda: BertForSequenceClassification(cfg))
+    model.gradient_checkpointing_enable()
+    ids, mask = padded_tokens(32, 128, cfg.vocab_size, g)
+    y = torch.randint(0, cfg.num_labels, (32,), generator=g)
+    info = {"transformers": transformers.__version__, "attention": model.config._attn_implementation,
+            "config": {k: getattr(cfg, k) for k in ("vocab_size", "hidden_size", "num_hidden_layers",
+                                                    "num_attention_heads", "intermediate_size", "num_labels")},
+            "sequence_length": 128, "tokens": int(mask.sum()), "gradient_checkpointing": True,
+            "mixed_at": BERT_CKPT_LAYER}
+    return Case("bert-checkpointed", model, model, ids, y, cfg.num_labels,
+                {"manifold": {"layers": BERT_CKPT_LAYER, "alpha": 0.5}}, kwargs={"attention_mask": mask}, info=info)
 
 
 def logits_of(out: Any) -> Tensor:
@@ -286,6 +314,14 @@ def resnet_twin(model: nn.Module, x: Tensor, kwargs: dict[str, Any], layers: Seq
     return Twin(forward, layers)
 
 
+def compiled_twin(backend: str) -> Callable[..., Twin]:
+    """The Sequential twin's forward (the mix written between the modules), compiled with ``backend``."""
+    def build(model: nn.Module, x: Tensor, kwargs: dict[str, Any], layers: Sequence[str]) -> Twin:
+        twin = sequential_twin(model, x, kwargs, layers)
+        return Twin(torch.compile(twin.forward, backend=backend), layers)
+    return build
+
+
 def hook_twin(model: nn.Module, x: Tensor, kwargs: dict[str, Any], layers: Sequence[str]) -> Twin:
     """A forward hook written by hand, on the named block for the step (its hidden states are the
     output, or the output's first element); the model's output's ``.logits``."""
@@ -345,7 +381,7 @@ def reference_steps(case: Case, opt: torch.optim.Optimizer, seed: int = 4) -> di
         if spec["alpha"] == "fresh":
             continue
         layers = [spec["layers"]] if isinstance(spec["layers"], str) else spec["layers"]
-        twin = case.twin(case.model, case.x, case.kwargs, layers)
+        twin = case.twin(case.module, case.x, case.kwargs, layers)
         rng = np.random.default_rng([seed, i])  # each twin its own stream
         out[f"reference-{method}"] = (method, twin_step(twin, opt, case.y, case.num_classes, spec["alpha"], rng))
     return out

@@ -113,6 +113,13 @@ def test_sequential_twin_computes_the_library_mix(bench):
     same_plan(bench, bench.sequential_twin, cnn, x, y, ["input", mm.models.PAPER_CNN_MIX_LAYER], 4)
 
 
+def test_compiled_twin_computes_the_library_mix(bench):
+    g = torch.Generator().manual_seed(3)
+    cnn = mm.models.paper_cnn((1, 8, 8), 4, generator=g)
+    x, y = torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 4, (8,), generator=g)
+    same_plan(bench, bench.compiled_twin("aot_eager"), cnn, x, y, [mm.models.PAPER_CNN_MIX_LAYER], 4)
+
+
 def test_resnet_twin_computes_the_library_mix(bench):
     g = torch.Generator().manual_seed(1)
     with torch.random.fork_rng(devices=[]):
@@ -142,9 +149,10 @@ def test_hook_twin_computes_the_library_mix_on_bert(bench):
 @pytest.mark.slow
 def test_compiled_case_runs_without_recompiling_while_timed(bench, capsys):
     rows = run(bench, capsys, "--models", "paper-cnn-compiled", "--compile-backend", "aot_eager",
-               "--seconds", "0", "--min-rounds", "2", "--warmup", "2")
+               "--seconds", "0", "--min-rounds", "2", "--warmup", "2", "--reference")
     by = {r["method"]: r for r in rows}
-    assert set(by) == {"manifold", "erm-eager"}
+    assert set(by) == {"manifold", "erm-eager", "reference-manifold"}
+    assert positive_finite(by["manifold"]["paired_ratio_to_reference_median"])
     assert by["manifold"]["compile_backend"] == "aot_eager"
     assert by["manifold"]["graphs_compiled_while_timed"] == 0
     for r in rows:
@@ -162,3 +170,12 @@ def test_bert_case_runs_with_its_twin(bench, capsys):
     assert positive_finite(by["manifold"]["paired_ratio_to_reference_median"])
     for r in rows:
         assert positive_finite(r["ratio_to_erm"])
+
+
+@pytest.mark.slow
+def test_checkpointed_bert_case_runs(bench, capsys):
+    pytest.importorskip("transformers")
+    rows = run(bench, capsys, "--models", "bert-checkpointed", "--seconds", "0", "--min-rounds", "1", "--warmup", "1")
+    (row,) = rows
+    assert row["method"] == "manifold" and row["gradient_checkpointing"] is True
+    assert row["mixed_at"] == bench.BERT_CKPT_LAYER and positive_finite(row["ratio_to_erm"])

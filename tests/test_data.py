@@ -3,10 +3,13 @@ here in miniature, restricted unpickling, archive checksums and safe extraction.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
+import multiprocessing
 import os
 import pickle
+import re
 import struct
 import tarfile
 from pathlib import Path
@@ -387,8 +390,8 @@ def test_cifar_python_batches_repickled_by_python3_are_accepted(tmp_path, protoc
 def test_cifar_codecs_encode_only_rebuilds_latin1_bytes(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     _write_python(folder, _random_batches(6))
-    # protocol 2 calling _codecs.encode with a codec other than latin-1
-    blob = b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x05\x00\x00\x00rot13\x86R."
+    # protocol 2 calling _codecs.encode with a codec other than latin-1: {b'data': encode('abc', 'rot13')}
+    blob = b"\x80\x02}U\x04datac_codecs\nencode\nX\x03\x00\x00\x00abcX\x05\x00\x00\x00rot13\x86Rs."
     (folder / "data_batch_2").write_bytes(blob)
     with pytest.raises(ValueError, match="data_batch_2.*only 'latin1'"):
         load_cifar10(tmp_path)
@@ -428,3 +431,215 @@ def test_train_fraction_is_a_stratified_subset_with_the_same_test_images():
             load_digits(train_fraction=bad)
     with pytest.raises(ValueError, match="fewer than the 10 classes"):
         load_digits(train_fraction=0.005)
+
+
+# ---------------------------------------------------------------------------- crafted python batches
+# Each blob is a batch an attacker (or a broken tool) could write. All are refused with one short
+# line naming the file; the nested, huge and bare-shape ones by the opcode scan before unpickling.
+
+_RECONSTRUCT = b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+_DTYPE_STATE = b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t"
+
+
+def _py2_array(shape: bytes, data: bytes, dtype: bytes = b"cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R" + _DTYPE_STATE + b"b") -> bytes:
+    """An array as the official (Python 2, numpy 1) batches write it: _reconstruct(ndarray, (0,), 'b'),
+    then the state (1, shape, dtype('u1', 0, 1), False, data); ``shape`` is the opcodes of a tuple."""
+    size = b"U" + bytes([len(data)]) if len(data) < 256 else b"T" + struct.pack("<i", len(data))
+    return _RECONSTRUCT + b"K\x00\x85U\x01b\x87R(K\x01" + shape + dtype + b"\x89" + size + data + b"tb"
+
+
+def _dict_blob(*pairs: bytes) -> bytes:
+    """A protocol-2 dict of the given key/value opcodes."""
+    return b"\x80\x02}(" + b"".join(pairs) + b"u."
+
+
+def _labels_blob(n: int) -> bytes:
+    return b"U\x06labels](" + b"K\x00" * n + b"e"
+
+
+def _batch(n: int = 1, **changes) -> dict:
+    obj = {b"batch_label": b"crafted", b"labels": [0] * n, b"data": np.zeros((n, 3072), np.uint8),
+           b"filenames": [b"a.png"] * n}
+    obj.update({k.encode(): v for k, v in changes.items()})
+    return obj
+
+
+def _nested_key(depth: int) -> bytes:
+    """{((...(0,)...),): 0}: a dict key of ``depth`` nested tuples (2 + depth bytes)."""
+    return b"\x80\x02}K\x00" + b"\x85" * depth + b"K\x00s."
+
+
+def _recursive_list() -> list:
+    items: list = []
+    items.append(items)
+    return items
+
+
+_SHARED = [0]
+CRAFTED = [  # (id, blob maker, the reason the one-line refusal gives)
+    ("nested-key-5000", lambda: _nested_key(5_000), "nested deeper than 6 levels"),
+    ("nested-key-50000", lambda: _nested_key(50_000), "nested deeper than 6 levels"),
+    ("nested-lists-10000", lambda: b"\x80\x02}U\x04data" + b"]" * 10_000 + b"a" * 9_999 + b"s.", "nested deeper"),
+    ("open-marks-100000", lambda: b"\x80\x02" + b"(" * 100_000 + b".", "nested deeper"),
+    ("label-2**70", lambda: pickle.dumps(_batch(labels=[2**70]), protocol=2), "integer wider than 64 bits"),
+    ("label-2**40", lambda: pickle.dumps(_batch(labels=[2**40]), protocol=2), r"labels must lie in \[0, 10\)"),
+    ("label-bool", lambda: pickle.dumps(_batch(labels=[True]), protocol=2), "b'labels' must be a list of ints"),
+    ("label-uint64-max", lambda: pickle.dumps(_batch(labels=np.array([2**64 - 1], np.uint64)), protocol=4),
+     r"labels must lie in \[0, 10\)"),
+    ("key-50MB", lambda: pickle.dumps({b"x" * 50_000_000: 0}, protocol=3), "dict key that is a long text"),
+    ("key-tuple", lambda: pickle.dumps({(b"data",): 0}, protocol=3), "dict key that is a tuple"),
+    ("key-unknown", lambda: pickle.dumps(_batch(extra=1), protocol=3), "unexpected key b'extra'"),
+    ("global-name-1MB", lambda: b"\x80\x02c" + b"m" * 1_000_000 + b"\nx\n.", "refusing to load global m{80}\\.\\.\\."),
+    ("ndarray-bare-shape-2KB", lambda: _dict_blob(
+        b"U\x04datacnumpy\nndarray\n(M\xe8\x03M\x00\x0c\x86U\x02u1tR", _labels_blob(1000)),
+     "a call of numpy.ndarray .*uninitialised memory"),
+    ("reconstruct-with-shape", lambda: _dict_blob(
+        b"U\x04data" + _RECONSTRUCT + b"M\xe8\x03M\x00\x0c\x86U\x01B\x87R", _labels_blob(1000)),
+     r"refusing _reconstruct of shape \(1000, 3072\)"),
+    ("array-without-data", lambda: _dict_blob(
+        b"U\x04data" + _RECONSTRUCT + b"K\x00\x85U\x01b\x87R", _labels_blob(1)), "an array without its data bytes"),
+    ("array-short-data", lambda: _dict_blob(
+        b"U\x04data" + _py2_array(b"M\xe8\x03M\x00\x0c\x86", b"0123456789"), _labels_blob(1000)),
+     r"needs 3072000 data bytes; got 10 bytes"),
+    ("dtype-object", lambda: pickle.dumps(_batch(data=np.full((1, 3072), None, object)), protocol=2),
+     "refusing dtype 'O8'"),
+    ("dtype-subarray-state", lambda: _dict_blob(b"U\x04data" + _py2_array(
+        b"K\x01M\x00\x0c\x86", b"\x00" * 3072,
+        b"cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R(K\x03U\x01|U\x02u1K\x02\x85\x86NNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"),
+        _labels_blob(1)), "refusing the state of dtype"),
+    ("list-shared", lambda: pickle.dumps(_batch(labels=_SHARED, filenames=_SHARED), protocol=3), "list used twice"),
+    ("list-recursive", lambda: pickle.dumps(_batch(labels=_recursive_list()), protocol=3), "list used twice"),
+    ("float-label", lambda: pickle.dumps(_batch(labels=[0.0]), protocol=3), "opcode BINFLOAT at byte"),
+    ("trailing-bytes", lambda: pickle.dumps(_batch(), protocol=3) + b"junk", "4 bytes follow the end"),
+    ("not-a-dict-at-the-end", lambda: pickle.dumps([_batch()], protocol=3), "does not end with one dict"),
+    ("300000-opcodes", lambda: pickle.dumps(_batch(300_000, data=np.zeros((1, 3072), np.uint8)), protocol=2),
+     "more than 250000 pickle opcodes"),
+    ("filenames-count", lambda: pickle.dumps(_batch(2, filenames=[b"a"]), protocol=3), "b'filenames' must be a list of 2"),
+    ("batch-label-long", lambda: pickle.dumps(_batch(batch_label=b"x" * 300), protocol=3), "b'batch_label' must be text"),
+]
+
+
+def _refusal(tmp_path: Path, blob: bytes, name: str = "test_batch") -> str:
+    """Write ``blob`` as one batch of an otherwise good python folder; return the one-line refusal."""
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_python(folder, _random_batches(3))
+    (folder / name).write_bytes(blob)
+    with pytest.raises(ValueError) as err:
+        load_cifar10(tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg and len(msg) < 300 + len(str(folder)), msg[:1000]
+    return msg
+
+
+@pytest.mark.parametrize("make, reason", [c[1:] for c in CRAFTED], ids=[c[0] for c in CRAFTED])
+def test_cifar_crafted_python_batch_is_refused_in_one_line(tmp_path, make, reason):
+    msg = _refusal(tmp_path, make())
+    assert re.search(f"cifar-10-batches-py/test_batch: .*{reason}", msg), msg
+
+
+def _load_in_child(data_dir: Path, conn) -> None:
+    try:
+        load_cifar10(data_dir)
+        conn.send("accepted")
+    except BaseException as e:  # noqa: BLE001 - reported to the parent as it is
+        conn.send(f"{type(e).__name__}: {e}")
+
+
+def test_cifar_200000_nested_tuples_are_refused_without_a_crash(tmp_path):
+    # A 200 KB key of 200,000 nested tuples crashed the interpreter (segfault); read in a forked child
+    # so that a crash fails this test instead of killing pytest.
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_python(folder, _random_batches(3))
+    (folder / "test_batch").write_bytes(_nested_key(200_000))
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_load_in_child, args=(tmp_path, child))
+    proc.start()
+    proc.join(60)  # the answer is a short line: it waits in the pipe
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    got = parent.recv() if parent.poll(0) else "no answer"
+    assert proc.exitcode == 0, (proc.exitcode, got)
+    assert re.fullmatch(r"ValueError: \S+test_batch: not a CIFAR-10 python batch: values nested deeper than 6 levels "
+                        r"at byte \d+", got), got
+
+
+def test_cifar_official_byte_layout_is_read(tmp_path):
+    # The official batches (Python 2 cPickle, numpy 1) write dtype('u1', 0, 1) with ints, not bools.
+    batches = _random_batches(8)
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_python(folder, batches)
+    for path in folder.iterdir():
+        blob, count = re.subn(rb"(U\x02u1q.)\x89\x88\x87", lambda m: m[1] + b"K\x00K\x01\x87", path.read_bytes(), flags=re.S)
+        assert count == 1
+        path.write_bytes(blob)
+    _check_round_trip(load_cifar10(tmp_path), batches)
+    # _py2_array writes that layout by hand: one image, read back byte for byte.
+    pixels = bytes(range(256)) * 12
+    blob = _dict_blob(b"U\x04data" + _py2_array(b"K\x01M\x00\x0c\x86", pixels), b"U\x06labels]K\x07a")
+    (folder / "test_batch").write_bytes(blob)
+    ds = load_cifar10(tmp_path)
+    assert ds.y_test.tolist() == [7]
+    assert np.array_equal(_raw(ds, "test").reshape(-1), np.frombuffer(pixels, np.uint8))
+
+
+# ---------------------------------------------------------------------------- binary batches and archives
+
+
+def _sparse(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
+@pytest.mark.parametrize(
+    "folder, name, damage, reason",
+    [
+        ("cifar-10-batches-bin", "data_batch_3.bin", lambda p: p.write_bytes(p.read_bytes()[:-100]),
+         "is not a multiple of the 3073-byte record"),
+        ("cifar-10-batches-bin", "data_batch_3.bin", lambda p: _sparse(p, 10_001 * 3073),
+         "10001 records, more than the 10000 of an official batch"),
+        ("cifar-10-batches-bin", "test_batch.bin", lambda p: p.write_bytes(b""), "file is empty"),
+        ("cifar-10-batches-py", "data_batch_5", lambda p: _sparse(p, (64 << 20) + 1),
+         "67108865 bytes, more than the 67108864 a python batch may have"),
+        ("cifar-10-batches-py", "data_batch_5", lambda p: p.write_bytes(p.read_bytes()[:-1]),
+         r"not a complete pickle \(pickle exhausted before seeing STOP\)"),
+    ],
+    ids=["bin-truncated", "bin-oversized", "bin-empty", "py-oversized", "py-truncated"],
+)
+def test_cifar_damaged_batch_file_is_refused_by_name(tmp_path, folder, name, damage, reason):
+    writer = _write_binary if folder.endswith("bin") else _write_python
+    writer(tmp_path / folder, _random_batches(9))
+    damage(tmp_path / folder / name)
+    with pytest.raises(ValueError) as err:
+        load_cifar10(tmp_path)
+    msg = str(err.value)
+    assert re.search(f"{folder}/{name}: .*{reason}", msg) and "\n" not in msg, msg
+
+
+def _member_too_large() -> bytes:
+    info = tarfile.TarInfo("cifar-10-batches-bin/data_batch_1.bin")
+    info.size = (64 << 20) + 1  # a header only: the member is refused before its data is read
+    return gzip.compress(info.tobuf() + b"\0" * 1024)
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda good: good[: len(good) // 2], r"not a readable \.tar\.gz archive \((ReadError|EOFError)"),
+        (lambda good: b"not gzip at all", r"not a readable \.tar\.gz archive \(ReadError"),
+        (lambda good: _member_too_large(), "member 'cifar-10-batches-bin/data_batch_1.bin' has 67108865 bytes"),
+    ],
+    ids=["truncated", "not-gzip", "member-too-large"],
+)
+def test_cifar_damaged_archive_is_refused_by_name(tmp_path, make, reason):
+    _write_binary(tmp_path / "src" / "cifar-10-batches-bin", _random_batches(10))
+    archive = tmp_path / "dl" / "cifar-10-binary.tar.gz"
+    _make_archive(tmp_path / "src", "cifar-10-batches-bin", archive)
+    archive.write_bytes(make(archive.read_bytes()))
+    # The injected checksum matches the damaged file: the reader itself must refuse it.
+    with pytest.raises(ValueError) as err:
+        load_cifar10(archive, checksums={archive.name: hashlib.md5(archive.read_bytes()).hexdigest()})
+    msg = str(err.value)
+    assert re.search(f"cifar-10-binary.tar.gz: {reason}", msg) and "\n" not in msg, msg
+    assert not (tmp_path / "dl" / "extracted" / "cifar-10-batches-bin").exists()

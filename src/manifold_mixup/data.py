@@ -12,12 +12,16 @@ normalised per channel with the mean and standard deviation of the *training* sp
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import os
 import pickle
+import pickletools
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,112 +269,378 @@ def load_digits(seed: int = 0, test_fraction: float = 0.25, train_fraction: floa
 # ---------------------------------------------------------------------------- CIFAR-10
 
 
-def _latin1_bytes(text: str, encoding: str) -> bytes:
+# Bounds of the official layout. A batch holds 10,000 images (the readers accept 1 to 10,000 so
+# that tests can write small ones); a python-format batch file is ~31 MB, and up to ~62 MB when
+# Python 3 re-pickled it with protocol 2 (the raw bytes then written as UTF-8 text).
+_BATCH_MAX_IMAGES = 10_000
+_PY_MAX_BYTES = 64 << 20
+_PY_MAX_OPS = 250_000  # an official batch holds ~31,000 opcodes; re-pickled by Python 3, ~92,000
+_PY_MAX_DEPTH = 6  # nesting of tuples, lists and dicts; the official layout needs 3
+_PY_MAX_TEXT = 256  # a key, batch label, file name, dtype or global name
+_PY_KEYS = (b"data", b"labels", b"batch_label", b"filenames")
+_TAR_MAX_MEMBERS = 64  # the official archives hold 8
+
+
+class _Refused(pickle.UnpicklingError):
+    """A python batch that is not the official layout; the message is one short line."""
+
+
+def _show(value: object) -> str:
+    """A short one-line description of a value read from a file (never its whole repr)."""
+    if isinstance(value, (bytes, bytearray, str)):
+        head = repr(value[:40])
+        return head if len(value) <= 40 else f"{head}... ({len(value)} characters)"
+    if type(value) is int and abs(value) < 2**64:
+        return repr(value)
+    return type(value).__name__
+
+
+def _one_line(text: object, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _text(value: object) -> str | None:
+    """``value`` as str if it is short text (bytes read as latin-1), else None."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value[: _PY_MAX_TEXT + 1]).decode("latin1")
+    return value if isinstance(value, str) and len(value) <= _PY_MAX_TEXT else None
+
+
+def _latin1_bytes(text: object, encoding: object) -> bytes:
     """``_codecs.encode`` as protocol 2 uses it for bytes written by Python 3: latin-1 only."""
     if encoding != "latin1" or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}: only 'latin1' rebuilds bytes")
+        raise _Refused(f"refusing _codecs.encode with encoding {_show(encoding)}: only 'latin1' rebuilds bytes")
     return text.encode("latin1")
 
 
+class _NdarrayName:
+    """What ``numpy.ndarray`` resolves to: the first argument ``_reconstruct`` expects, never
+    called (``numpy.ndarray(shape)`` is an array of uninitialised memory)."""
+
+    def __call__(self, *args: object) -> None:
+        raise _Refused("numpy.ndarray is called directly: an array must be rebuilt from its data bytes")
+
+
+_NDARRAY = _NdarrayName()
+_DTYPES = ("u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8")
+
+
+class _DType:
+    """``numpy.dtype(name, align, copy)`` then ``__setstate__``: plain integer types only."""
+
+    def __init__(self, name: object, align: object = False, copy: object = True) -> None:
+        text = _text(name)
+        if text not in _DTYPES or align not in (False, 0) or copy not in (True, 1):
+            raise _Refused(f"refusing dtype {_show(name)}: CIFAR-10 arrays are integers ({', '.join(_DTYPES)})")
+        self.dtype = np.dtype(text)
+        self._built = False
+
+    def __setstate__(self, state: object) -> None:
+        # numpy writes (3, byte order, None, None, None, -1, -1, 0) for a plain integer type.
+        ok = type(state) is tuple and len(state) in (8, 9) and not self._built
+        order = _text(state[1]) if ok else None
+        if (order not in ("<", ">", "|", "=") or state[0] not in (3, 4)
+                or state[2:8] != (None, None, None, -1, -1, 0) or state[8:] not in ((), (None,))):
+            raise _Refused(f"refusing the state of dtype {self.dtype.str}: not a plain integer type")
+        self.dtype = self.dtype.newbyteorder("=" if order == "|" else order)
+        self._built = True
+
+
+class _Array:
+    """An array rebuilt from data bytes of exactly its size (``array`` is None until then)."""
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+
+    def fill(self, shape: object, dtype: object, data: object, fortran: bool) -> None:
+        if self.array is not None:
+            raise _Refused("an array's state is given twice")
+        if not isinstance(dtype, _DType):
+            raise _Refused(f"an array's dtype is {_show(dtype)}, not a numpy.dtype")
+        if (type(shape) is not tuple or not 1 <= len(shape) <= 2
+                or not all(type(n) is int and 0 <= n <= _BATCH_MAX_IMAGES * _CIFAR_PIXELS for n in shape)):
+            raise _Refused(f"an array's shape must be 1 or 2 ints in [0, {_BATCH_MAX_IMAGES * _CIFAR_PIXELS}]; "
+                           f"got {_show(shape) if type(shape) is not tuple else tuple(map(_show, shape[:3]))}")
+        need = int(np.prod(shape, dtype=np.int64)) * dtype.dtype.itemsize
+        if not isinstance(data, (bytes, bytearray)) or len(data) != need:
+            got = f"{len(data)} bytes" if isinstance(data, (bytes, bytearray)) else f"a {_show(data)}"
+            raise _Refused(f"an array of shape {shape} {dtype.dtype.name} needs {need} data bytes; got {got}")
+        self.array = np.frombuffer(data, dtype=dtype.dtype).reshape(shape, order="F" if fortran else "C")
+
+    def __setstate__(self, state: object) -> None:
+        # numpy writes (1, shape, dtype, is_fortran, data bytes).
+        if type(state) is not tuple or len(state) != 5 or state[0] != 1 or state[3] not in (False, True):
+            raise _Refused("an array's state is not numpy's (1, shape, dtype, is_fortran, data bytes)")
+        self.fill(state[1], state[2], state[4], bool(state[3]))
+
+
+def _reconstruct(subtype: object, shape: object, typecode: object) -> _Array:
+    """numpy's ``_reconstruct(ndarray, (0,), b'b')``: an empty array that ``__setstate__`` fills."""
+    if subtype is not _NDARRAY or shape != (0,) or _text(typecode) != "b":
+        raise _Refused(f"refusing _reconstruct of shape {_show(shape) if type(shape) is not tuple else shape[:3]}: "
+                       "numpy pickles (ndarray, (0,), b'b'), then the data bytes")
+    return _Array()
+
+
+def _frombuffer(buffer: object, dtype: object, shape: object, order: object) -> _Array:
+    """numpy's protocol-5 ``_frombuffer(buffer, dtype, shape, order)``."""
+    if _text(order) not in ("C", "F"):
+        raise _Refused(f"refusing _frombuffer with order {_show(order)}")
+    array = _Array()
+    array.fill(shape, dtype, buffer, _text(order) == "F")
+    return array
+
+
+# The globals a CIFAR-10 batch may name (numpy < 2 writes numpy.core, numpy >= 2 numpy._core) and
+# what each resolves to. Protocols 2-4 rebuild an array by _reconstruct then its state, protocol 5
+# by _frombuffer; protocol 2 written by Python 3 rebuilds bytes by _codecs.encode(text, 'latin1').
+_PY_GLOBALS: dict[str, object] = {
+    "numpy.core.multiarray._reconstruct": _reconstruct,
+    "numpy._core.multiarray._reconstruct": _reconstruct,
+    "numpy.core.numeric._frombuffer": _frombuffer,
+    "numpy._core.numeric._frombuffer": _frombuffer,
+    "numpy.ndarray": _NDARRAY,
+    "numpy.dtype": _DType,
+    "_codecs.encode": _latin1_bytes,
+}
+_RECONSTRUCT_NAMES = tuple(k for k, v in _PY_GLOBALS.items() if v is _reconstruct)
+# The opcodes numpy's and Python's picklers write for a dict of arrays, lists, ints and strings.
+_PY_OPCODES = frozenset(
+    "PROTO FRAME STOP MARK NONE NEWTRUE NEWFALSE BININT BININT1 BININT2 LONG1 SHORT_BINSTRING BINSTRING "
+    "SHORT_BINBYTES BINBYTES BINBYTES8 BYTEARRAY8 SHORT_BINUNICODE BINUNICODE BINUNICODE8 EMPTY_TUPLE TUPLE "
+    "TUPLE1 TUPLE2 TUPLE3 EMPTY_LIST APPEND APPENDS EMPTY_DICT SETITEM SETITEMS PUT BINPUT LONG_BINPUT "
+    "MEMOIZE GET BINGET LONG_BINGET GLOBAL STACK_GLOBAL REDUCE BUILD".split()
+)
+
+
+class _Node:
+    """What the pre-scan knows of one value on the pickle stack."""
+
+    __slots__ = ("kind", "depth", "text")
+
+    def __init__(self, kind: str, depth: int = 0, text: str | None = None) -> None:
+        self.kind = kind  # scalar, text, long text, tuple, list, dict, global, object (a call's result)
+        self.depth = depth  # nesting of tuples, lists and dicts
+        self.text = text  # the short text, the global's name, or the name of the call that made it
+
+
+def _scan_pickle(blob: bytes) -> None:
+    """Refuse a pickle that is not a CIFAR-10 batch before anything is built from it.
+
+    Walks the opcodes (``pickletools.genops``: a loop, no recursion) and follows the stack
+    abstractly: only the opcodes of ``_PY_OPCODES``, at most ``_PY_MAX_OPS`` of them; tuples,
+    lists and dicts nested at most ``_PY_MAX_DEPTH`` deep; ints of 64 bits; dict keys that are
+    short text; only the globals of ``_PY_GLOBALS`` and no call of ``numpy.ndarray``; no list or
+    dict read twice from the memo (shared or recursive); one dict at the end and nothing after it.
+    """
+    stack: list[_Node] = []
+    marks: list[int] = []
+    memo: dict[int, _Node] = {}
+
+    def floor() -> int:
+        return marks[-1] if marks else 0
+
+    def pop(pos: int) -> _Node:
+        if len(stack) <= floor():
+            raise _Refused(f"malformed pickle: stack underflow at byte {pos}")
+        return stack.pop()
+
+    def pop_mark(pos: int) -> list[_Node]:
+        if not marks:
+            raise _Refused(f"malformed pickle: no MARK before byte {pos}")
+        items = stack[marks[-1]:]
+        del stack[marks.pop():]
+        return items
+
+    def container(kind: str, items: list[_Node], pos: int) -> _Node:
+        node = _Node(kind, 1 + max((v.depth for v in items), default=0))
+        if node.depth > _PY_MAX_DEPTH:
+            raise _Refused(f"values nested deeper than {_PY_MAX_DEPTH} levels at byte {pos}")
+        return node
+
+    def grow(kind: str, items: list[_Node], pos: int) -> None:
+        if len(stack) <= floor() or stack[-1].kind != kind:
+            raise _Refused(f"malformed pickle: items added to no {kind} at byte {pos}")
+        stack[-1].depth = max(stack[-1].depth, container(kind, items, pos).depth)
+
+    count, stopped = 0, False
+    try:
+        for op, arg, pos in pickletools.genops(blob):
+            count += 1
+            name = op.name
+            if count > _PY_MAX_OPS:
+                raise _Refused(f"more than {_PY_MAX_OPS} pickle opcodes; an official batch has ~31,000")
+            if name not in _PY_OPCODES:
+                raise _Refused(f"opcode {name} at byte {pos} is not used by CIFAR-10 batches")
+            if name == "STOP":
+                if marks or len(stack) != 1 or stack[0].kind != "dict":
+                    raise _Refused("the pickle does not end with one dict")
+                if pos + 1 != len(blob):
+                    raise _Refused(f"{len(blob) - pos - 1} bytes follow the end of the pickle")
+                stopped = True
+            elif name == "MARK":
+                marks.append(len(stack))
+                if len(marks) > _PY_MAX_DEPTH:
+                    raise _Refused(f"values nested deeper than {_PY_MAX_DEPTH} levels at byte {pos}")
+            elif name in ("NONE", "NEWTRUE", "NEWFALSE", "BININT", "BININT1", "BININT2", "LONG1"):
+                if name == "LONG1" and not -(2**63) <= arg < 2**63:
+                    raise _Refused(f"an integer wider than 64 bits at byte {pos}")
+                stack.append(_Node("scalar"))
+            elif op.arg is not None and op.arg.name in ("string1", "string4", "bytes1", "bytes4", "bytes8",
+                                                        "bytearray8", "unicodestring1", "unicodestring4",
+                                                        "unicodestring8"):
+                text = _text(arg)
+                stack.append(_Node("text" if text is not None else "long text", text=text))
+            elif name in ("EMPTY_TUPLE", "EMPTY_LIST", "EMPTY_DICT"):
+                stack.append(_Node(name[6:].lower(), 1))
+            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                items = [pop(pos) for _ in range(int(name[-1]))][::-1]
+                stack.append(container("tuple", items, pos))
+            elif name == "TUPLE":
+                stack.append(container("tuple", pop_mark(pos), pos))
+            elif name in ("APPEND", "APPENDS"):
+                grow("list", [pop(pos)] if name == "APPEND" else pop_mark(pos), pos)
+            elif name in ("SETITEM", "SETITEMS"):
+                items = [pop(pos), pop(pos)][::-1] if name == "SETITEM" else pop_mark(pos)
+                if len(items) % 2:
+                    raise _Refused(f"malformed pickle: a key without a value at byte {pos}")
+                for key in items[::2]:
+                    if key.kind not in ("text", "object"):
+                        raise _Refused(f"a dict key that is a {key.kind} at byte {pos}; CIFAR-10 keys are short names")
+                grow("dict", items, pos)
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                if len(stack) <= floor():
+                    raise _Refused(f"malformed pickle: stack underflow at byte {pos}")
+                memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                if arg not in memo:
+                    raise _Refused(f"malformed pickle: memo entry {_show(arg)} read before it is written, at byte {pos}")
+                if memo[arg].kind in ("list", "dict"):
+                    raise _Refused(f"a {memo[arg].kind} used twice (shared or recursive) at byte {pos}")
+                stack.append(memo[arg])
+            elif name in ("GLOBAL", "STACK_GLOBAL"):
+                if name == "GLOBAL":
+                    full = ".".join(arg.split(" ", 1))
+                else:
+                    attr, module = pop(pos), pop(pos)
+                    full = f"{module.text}.{attr.text}" if module.text and attr.text else "(a long name)"
+                if full not in _PY_GLOBALS:
+                    raise _Refused(f"refusing to load global {_one_line(full, 80)}: a CIFAR-10 python batch may "
+                                   f"only reference {', '.join(_PY_GLOBALS)}")
+                stack.append(_Node("global", text=full))
+            elif name == "REDUCE":
+                args, func = pop(pos), pop(pos)
+                if func.text == "numpy.ndarray":
+                    raise _Refused(f"a call of numpy.ndarray at byte {pos} (an array of uninitialised memory); "
+                                   "arrays are rebuilt from their data bytes")
+                if func.kind != "global" or args.kind != "tuple":
+                    raise _Refused(f"a call of a {func.kind} with a {args.kind} at byte {pos}")
+                stack.append(_Node("object", text=func.text))
+            elif name == "BUILD":
+                state = pop(pos)
+                target = stack[-1] if len(stack) > floor() else _Node("nothing")
+                if target.kind != "object" or target.text not in (*_RECONSTRUCT_NAMES, "numpy.dtype") or state.kind != "tuple":
+                    raise _Refused(f"a {state.kind} given as the state of a {target.kind} at byte {pos}")
+    except ValueError as e:  # from genops: truncated data, a bad argument
+        raise _Refused(f"not a complete pickle ({_one_line(e, 120)})") from None
+    if not stopped:
+        raise _Refused("not a complete pickle (no STOP)")
+
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals a numpy array needs under protocols 2 to 5.
+    """Unpickler that resolves only the names of ``_PY_GLOBALS``, each to a checked rebuilder.
 
-    Each allowed global, and why:
-
-    * ``numpy.core.multiarray._reconstruct`` (``numpy._core`` since numpy 2): protocols 2-4
-      rebuild an ndarray through it (with ``ndarray.__setstate__``);
-    * ``numpy.ndarray`` and ``numpy.dtype``: the array's class and its element type;
-    * ``numpy.core.numeric._frombuffer`` (``numpy._core`` since numpy 2): protocol 5 rebuilds an
-      array from its raw buffer;
-    * ``_codecs.encode``, restricted to latin-1 text: protocol 2 written by Python 3 rebuilds
-      ``bytes`` (the raw pixels and the dict keys) through it.
-
-    Everything else (``os.system``, ``builtins.eval``, any class) is refused with
-    :class:`pickle.UnpicklingError` naming the global, so a malicious file cannot run code.
+    Run after :func:`_scan_pickle`. Anything else (``os.system``, ``builtins.eval``, any class)
+    is refused naming the global, so a malicious file cannot run code; the rebuilders refuse an
+    array without data bytes of exactly its size, non-integer dtypes and text that is not latin-1.
     """
 
-    @staticmethod
-    def _allowed() -> dict[tuple[str, str], object]:
-        core = getattr(np, "_core", None)
-        if core is None:  # pragma: no cover - numpy < 2
-            core = np.core
-        reconstruct = core.multiarray._reconstruct
-        frombuffer = core.numeric._frombuffer
-        return {
-            ("numpy.core.multiarray", "_reconstruct"): reconstruct,
-            ("numpy._core.multiarray", "_reconstruct"): reconstruct,
-            ("numpy.core.numeric", "_frombuffer"): frombuffer,
-            ("numpy._core.numeric", "_frombuffer"): frombuffer,
-            ("numpy", "ndarray"): np.ndarray,
-            ("numpy", "dtype"): np.dtype,
-            ("_codecs", "encode"): _latin1_bytes,
-        }
-
     def find_class(self, module: str, name: str) -> object:
-        allowed = self._allowed()
-        try:
-            return allowed[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to load global {module}.{name!s}: a CIFAR-10 python batch may "
-                f"only reference {', '.join(f'{m}.{n}' for m, n in allowed)}"
-            ) from None
+        full = f"{module}.{name}"
+        if full not in _PY_GLOBALS:
+            raise _Refused(f"refusing to load global {_one_line(full, 80)}: a CIFAR-10 python batch may only "
+                           f"reference {', '.join(_PY_GLOBALS)}")
+        return _PY_GLOBALS[full]
 
     def persistent_load(self, pid: object) -> object:
-        raise pickle.UnpicklingError(f"refusing persistent id {pid!r} in a CIFAR-10 batch")
+        raise _Refused(f"refusing persistent id {_show(pid)} in a CIFAR-10 batch")
+
+
+def _check_python_batch(obj: object) -> tuple[np.ndarray, np.ndarray]:
+    """The official layout of an unpickled batch, without recursion: a dict whose keys are among
+    ``_PY_KEYS``; b'data' uint8 ``[n, 3072]``, 1 <= n <= 10,000; b'labels' n ints (a list, or a 1-D
+    integer array); b'batch_label' short text; b'filenames' n short texts. Returns data, labels."""
+    if type(obj) is not dict:
+        raise _Refused(f"the pickle holds a {type(obj).__name__}, not a dict")
+    for key in obj:
+        if type(key) is not bytes or key not in _PY_KEYS:
+            raise _Refused(f"unexpected key {_show(key)}; a batch holds {', '.join(map(repr, _PY_KEYS))}")
+    for key in (b"data", b"labels"):
+        if key not in obj:
+            raise _Refused(f"no key {key!r}; a batch holds b'data' and b'labels'")
+    if isinstance(obj[b"data"], _Array) and obj[b"data"].array is None:
+        raise _Refused("b'data' is an array without its data bytes")
+    data = obj[b"data"].array if isinstance(obj[b"data"], _Array) else None
+    if (data is None or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_PIXELS
+            or not 1 <= data.shape[0] <= _BATCH_MAX_IMAGES):
+        got = f"{data.dtype} {data.shape}" if data is not None else _show(obj[b"data"])
+        raise _Refused(f"b'data' must be a uint8 array [n, {_CIFAR_PIXELS}] with 1 <= n <= {_BATCH_MAX_IMAGES}; got {got}")
+    n = data.shape[0]
+    labels = obj[b"labels"]
+    if isinstance(labels, _Array) and labels.array is not None and labels.array.ndim == 1 and labels.array.dtype.kind in "iu":
+        labels = labels.array
+    elif type(labels) is not list or not all(type(v) is int and -(2**63) <= v < 2**63 for v in labels):
+        raise _Refused(f"b'labels' must be a list of ints or a 1-D integer array; got {_show(labels)}")
+    if len(labels) != n:
+        raise _Refused(f"{n} images but {len(labels)} labels; they must match")
+    label = obj.get(b"batch_label", b"")
+    if type(label) not in (bytes, str) or len(label) > _PY_MAX_TEXT:
+        raise _Refused(f"b'batch_label' must be text of at most {_PY_MAX_TEXT} characters; got {_show(label)}")
+    names = obj.get(b"filenames", [b""] * n)
+    if type(names) is not list or len(names) != n or not all(
+        type(v) in (bytes, str) and len(v) <= _PY_MAX_TEXT for v in names
+    ):
+        raise _Refused(f"b'filenames' must be a list of {n} texts of at most {_PY_MAX_TEXT} characters")
+    # uint64 labels above 2**63 wrap to negatives here, which the range check refuses.
+    return data, np.asarray(labels).astype(np.int64)
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of ``path``, refused by name when there are more than ``limit``."""
+    with open(path, "rb") as f:
+        blob = f.read(limit + 1)
+    if len(blob) > limit:
+        raise ValueError(f"{path}: more than {limit} bytes; an official CIFAR-10 batch is smaller")
+    return blob
 
 
 def _read_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read one python-format batch: uint8 ``[n, 3, 32, 32]`` and int64 ``[n]``."""
+    """Read one python-format batch: uint8 ``[n, 3, 32, 32]`` and int64 ``[n]``.
+
+    The file is read whole (bounded), scanned (:func:`_scan_pickle`), unpickled by
+    :class:`_RestrictedUnpickler` and checked against the official layout; any refusal is one
+    short line naming the file."""
+    blob = _read_bounded(path, _PY_MAX_BYTES)
     try:
-        with open(path, "rb") as f:
-            obj = _RestrictedUnpickler(f, encoding="bytes").load()
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: not a safe CIFAR-10 python batch: {e}") from e
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        _scan_pickle(blob)
+        data, labels = _check_python_batch(_RestrictedUnpickler(io.BytesIO(blob), encoding="bytes").load())
+    except pickle.UnpicklingError as e:  # _Refused included
+        raise ValueError(f"{path}: not a CIFAR-10 python batch: {_one_line(e)}") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError) as e:
         raise ValueError(
-            f"{path}: not a readable CIFAR-10 python batch ({type(e).__name__}: {e})"
+            f"{path}: not a readable CIFAR-10 python batch ({type(e).__name__}: {_one_line(e)})"
         ) from e
-    if not isinstance(obj, dict) or b"data" not in obj or b"labels" not in obj:
-        keys = sorted(map(repr, obj)) if isinstance(obj, dict) else None
-        raise ValueError(
-            f"{path}: expected a dict with keys b'data' and b'labels'; got "
-            f"{type(obj).__name__}" + (f" with keys {keys}" if keys is not None else "")
-        )
-    data = obj[b"data"]
-    if (
-        type(data) is not np.ndarray
-        or data.dtype != np.uint8
-        or data.ndim != 2
-        or data.shape[1] != _CIFAR_PIXELS
-        or data.shape[0] == 0
-    ):
-        raise ValueError(
-            f"{path}: b'data' must be a uint8 numpy array [n, {_CIFAR_PIXELS}] with n > 0; "
-            f"got {type(data).__name__} {getattr(data, 'dtype', None)} "
-            f"shape {getattr(data, 'shape', None)}"
-        )
-    raw_labels = obj[b"labels"]
-    if isinstance(raw_labels, np.ndarray):
-        ok = raw_labels.ndim == 1 and np.issubdtype(raw_labels.dtype, np.integer)
-    else:
-        ok = isinstance(raw_labels, list) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in raw_labels
-        )
-    if not ok:
-        raise ValueError(f"{path}: b'labels' must be a list of ints or a 1-D integer array")
-    labels = np.asarray(raw_labels, dtype=np.int64)
-    if labels.shape != (data.shape[0],):
-        raise ValueError(
-            f"{path}: {data.shape[0]} images but {labels.shape[0]} labels; they must match"
-        )
     _check_labels(path, labels)
     return data.reshape(-1, 3, 32, 32), labels
 
 
 def _read_binary_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read one binary-format batch: uint8 ``[n, 3, 32, 32]`` and int64 ``[n]``."""
-    raw = np.fromfile(path, dtype=np.uint8)
+    raw = np.frombuffer(_read_bounded(path, _BATCH_MAX_IMAGES * _CIFAR_RECORD), dtype=np.uint8)
+    if raw.size == 0 or raw.size % _CIFAR_RECORD:  # the file changed since _check_files
+        raise ValueError(f"{path}: {raw.size} bytes is not a whole number of {_CIFAR_RECORD}-byte records")
     records = raw.reshape(-1, _CIFAR_RECORD)
     labels = records[:, 0].astype(np.int64)
     _check_labels(path, labels)
@@ -427,6 +697,12 @@ def _check_files(folder: Path, fmt: str) -> list[Path]:
                 f"record (1 label byte + {_CIFAR_PIXELS} pixel bytes); the official batches "
                 f"are {10000 * _CIFAR_RECORD} bytes"
             )
+        if fmt == _BIN_FOLDER and size > _BATCH_MAX_IMAGES * _CIFAR_RECORD:
+            raise ValueError(
+                f"{p}: {size // _CIFAR_RECORD} records, more than the {_BATCH_MAX_IMAGES} of an official batch"
+            )
+        if fmt == _PY_FOLDER and size > _PY_MAX_BYTES:
+            raise ValueError(f"{p}: {size} bytes, more than the {_PY_MAX_BYTES} a python batch may have (official: ~31 MB)")
     return paths
 
 
@@ -457,16 +733,21 @@ def _verify_archive(path: Path, checksums: Mapping[str, str]) -> str:
 
 def _safe_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
     """Regular files and folders of ``tar`` with relative paths; refuse anything else."""
-    members = tar.getmembers()
-    for m in members:
+    members = []
+    for m in tar:  # read lazily: at most _TAR_MAX_MEMBERS headers
+        members.append(m)
+        if len(members) > _TAR_MAX_MEMBERS:
+            raise ValueError(f"{archive}: more than {_TAR_MAX_MEMBERS} members; an official archive has 8")
         parts = Path(m.name).parts
         if m.name.startswith(("/", "\\")) or Path(m.name).is_absolute() or ".." in parts:
-            raise ValueError(f"{archive}: refusing unsafe member path {m.name!r}")
+            raise ValueError(f"{archive}: refusing unsafe member path {_show(m.name)}")
         if not (m.isfile() or m.isdir()):
             raise ValueError(
-                f"{archive}: refusing member {m.name!r}: only regular files and folders are "
+                f"{archive}: refusing member {_show(m.name)}: only regular files and folders are "
                 f"allowed, not links or devices"
             )
+        if m.size > _PY_MAX_BYTES:
+            raise ValueError(f"{archive}: member {_show(m.name)} has {m.size} bytes, more than a CIFAR-10 batch")
     return members
 
 
@@ -478,12 +759,15 @@ def _extract(archive: Path, folder: str, cache_dir: Path) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=cache_dir))
     try:
-        with tarfile.open(archive, "r:gz") as tar:
-            members = _safe_members(tar, archive)
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(tmp, members=members, filter="data")
-            else:  # pragma: no cover - Python without extraction filters
-                tar.extractall(tmp, members=members)
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                members = _safe_members(tar, archive)
+                if hasattr(tarfile, "data_filter"):
+                    tar.extractall(tmp, members=members, filter="data")
+                else:  # pragma: no cover - Python without extraction filters
+                    tar.extractall(tmp, members=members)
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:  # truncated or corrupt
+            raise ValueError(f"{archive}: not a readable .tar.gz archive ({type(e).__name__}: {_one_line(e)})") from e
         if not (tmp / folder).is_dir():
             raise ValueError(f"{archive}: archive does not contain the folder {folder!r}")
         try:
