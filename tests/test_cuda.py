@@ -237,3 +237,28 @@ def test_replays_on_device_are_exact(device):
     assert perm.device.type == device.type
     replay = mixer(x, y, plan=mm.MixPlan(perm, lam), layer=layer)
     assert torch.equal(replay[0], logits) and torch.equal(replay[1], targets)
+
+
+def test_after_the_first_calls_a_mixed_step_makes_no_device_sync(device):
+    """``torch.cuda.set_sync_debug_mode("error")`` turns any device-to-host synchronisation into an
+    error: after the first ``VALIDATE_CALLS`` calls a mixed step (forward, loss, backward) and a
+    step on which layerdrop skipped the layer make none."""
+    torch.manual_seed(0)
+    model = _Residual().to(device)
+    x, y = data(b=8)
+    x, y = x.to(device), y.to(device)
+    mixer = mm.ManifoldMixup(model, ["stem", "block"], alpha=1.0, generator=0)
+    for _ in range(mm.manifold.VALIDATE_CALLS):
+        mixer(x, y)
+    if device.type != "cuda":
+        pytest.skip("sync debug mode exists for CUDA only")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(5):
+            logits, targets = mixer(x, y)
+            mm.soft_cross_entropy(logits, targets).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert mixer.last_plan is not None
