@@ -516,6 +516,8 @@ CRAFTED = [  # (id, blob maker, the reason the one-line refusal gives)
      "more than 250000 pickle opcodes"),
     ("filenames-count", lambda: pickle.dumps(_batch(2, filenames=[b"a"]), protocol=3), "b'filenames' must be a list of 2"),
     ("batch-label-long", lambda: pickle.dumps(_batch(batch_label=b"x" * 300), protocol=3), "b'batch_label' must be text"),
+    # The unpickler would size its memo for index 2**32 - 1: 2**33 pointers (64 GiB).
+    ("memo-index-2**32-1", lambda: b"\x80\x02}r\xff\xff\xff\xff.", "memo index 4294967295 at byte 3"),
 ]
 
 
@@ -643,3 +645,10 @@ def test_cifar_damaged_archive_is_refused_by_name(tmp_path, make, reason):
     msg = str(err.value)
     assert re.search(f"cifar-10-binary.tar.gz: {reason}", msg) and "\n" not in msg, msg
     assert not (tmp_path / "dl" / "extracted" / "cifar-10-batches-bin").exists()
+
+
+def test_cifar_oversized_archive_is_refused_before_hashing(tmp_path):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    _sparse(archive, (256 << 20) + 1)  # sparse: refused by its size, never read
+    with pytest.raises(ValueError, match=r"cifar-10-python.tar.gz: 268435457 bytes, more than 268435456; the official"):
+        load_cifar10(archive, checksums={archive.name: "0" * 32})

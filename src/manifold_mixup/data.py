@@ -279,6 +279,7 @@ _PY_MAX_DEPTH = 6  # nesting of tuples, lists and dicts; the official layout nee
 _PY_MAX_TEXT = 256  # a key, batch label, file name, dtype or global name
 _PY_KEYS = (b"data", b"labels", b"batch_label", b"filenames")
 _TAR_MAX_MEMBERS = 64  # the official archives hold 8
+_ARCHIVE_MAX_BYTES = 256 << 20  # the official archives are 170,052,171 and 170,498,071 bytes
 
 
 class _Refused(pickle.UnpicklingError):
@@ -512,7 +513,10 @@ def _scan_pickle(blob: bytes) -> None:
             elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
                 if len(stack) <= floor():
                     raise _Refused(f"malformed pickle: stack underflow at byte {pos}")
-                memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
+                index = len(memo) if name == "MEMOIZE" else arg
+                if not 0 <= index < _PY_MAX_OPS:  # the unpickler sizes its memo by the largest index
+                    raise _Refused(f"memo index {_show(index)} at byte {pos}; a batch numbers its values from 0")
+                memo[index] = stack[-1]
             elif name in ("GET", "BINGET", "LONG_BINGET"):
                 if arg not in memo:
                     raise _Refused(f"malformed pickle: memo entry {_show(arg)} read before it is written, at byte {pos}")
@@ -722,6 +726,9 @@ def _verify_archive(path: Path, checksums: Mapping[str, str]) -> str:
             f"unknown CIFAR-10 archive name {path.name!r} ({path}); expected one of "
             f"{sorted(checksums)} (the official file names)"
         )
+    size = path.stat().st_size
+    if size > _ARCHIVE_MAX_BYTES:
+        raise ValueError(f"{path}: {size} bytes, more than {_ARCHIVE_MAX_BYTES}; the official archives are ~170 MB")
     actual = _md5(path)
     if actual.lower() != expected.lower():
         raise ValueError(
