@@ -282,6 +282,7 @@ def test_a_dropped_graph_does_not_block_the_next_checkpointed_step():
     logits, targets = mixer(x, y)
     del logits, targets
     got = mixed_step(mixer, model, x, y)
+    assert no_hooks(model)
     assert_same(got, reference(model, "blocks.1", mixer.last_plan, x, y))
 
 

@@ -532,6 +532,7 @@ class ManifoldMixup:
         """The forward with the layer's hook active: (output, plan, whether the layer ran, whether its
         mixed run is one that autograd recomputes in backward)."""
         hook = self._hooks[layer]
+        hook.replays[:] = [r for r in hook.replays if r.logits() is not None]  # graphs dropped without backward
         hook.plan, hook.make_plan, hook.runs, hook.checkpointed = plan, make_plan, 0, False
         hook.call_grad, hook.active = torch.is_grad_enabled(), True
         if not self._compiled and hook.release is None:
