@@ -518,6 +518,9 @@ CRAFTED = [  # (id, blob maker, the reason the one-line refusal gives)
     ("batch-label-long", lambda: pickle.dumps(_batch(batch_label=b"x" * 300), protocol=3), "b'batch_label' must be text"),
     # The unpickler would size its memo for index 2**32 - 1: 2**33 pointers (64 GiB).
     ("memo-index-2**32-1", lambda: b"\x80\x02}r\xff\xff\xff\xff.", "memo index 4294967295 at byte 3"),
+    ("frame-2**63", lambda: b"\x80\x04\x95" + struct.pack("<Q", 2**63) + b"}.", "a frame of 9223372036854775808 bytes"),
+    ("codecs-not-latin1", lambda: _dict_blob(b"U\x04datac_codecs\nencode\nX\x02\x00\x00\x00\xdc\xa5X\x06\x00\x00\x00latin1\x86R"),
+     "encode of text that is not latin-1"),
 ]
 
 

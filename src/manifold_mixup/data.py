@@ -312,6 +312,8 @@ def _latin1_bytes(text: object, encoding: object) -> bytes:
     """``_codecs.encode`` as protocol 2 uses it for bytes written by Python 3: latin-1 only."""
     if encoding != "latin1" or not isinstance(text, str):
         raise _Refused(f"refusing _codecs.encode with encoding {_show(encoding)}: only 'latin1' rebuilds bytes")
+    if not text.isascii() and max(text) > "\xff":
+        raise _Refused("refusing _codecs.encode of text that is not latin-1")
     return text.encode("latin1")
 
 
@@ -474,6 +476,10 @@ def _scan_pickle(blob: bytes) -> None:
                 raise _Refused(f"more than {_PY_MAX_OPS} pickle opcodes; an official batch has ~31,000")
             if name not in _PY_OPCODES:
                 raise _Refused(f"opcode {name} at byte {pos} is not used by CIFAR-10 batches")
+            if name == "FRAME" and arg > len(blob) - pos:
+                raise _Refused(f"a frame of {arg} bytes at byte {pos}, past the end of the file")
+            if name in ("PROTO", "FRAME"):
+                continue
             if name == "STOP":
                 if marks or len(stack) != 1 or stack[0].kind != "dict":
                     raise _Refused("the pickle does not end with one dict")
