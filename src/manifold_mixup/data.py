@@ -2,8 +2,10 @@
 
 Nothing here downloads anything. CIFAR-10 is read from a local directory in its official
 binary format (``cifar-10-batches-bin``, plain bytes, no pickle) or its python format
-(``cifar-10-batches-py``) through a restricted unpickler that admits only the numpy globals
-needed to rebuild the arrays. The official ``.tar.gz`` archives are accepted too: their MD5
+(``cifar-10-batches-py``): its opcodes are scanned first (bounded count, nesting and sizes, only
+the numpy globals that rebuild arrays), then a restricted unpickler builds arrays only from data
+bytes of their exact size, and the dict is checked against the official layout; any file that is
+not that layout is refused in one short line naming it. The official ``.tar.gz`` archives are accepted too: their MD5
 is checked against the published checksum before anything is extracted.
 
 Every loader returns an :class:`ImageDataset` whose images are float32 ``[n, C, H, W]``,
@@ -855,8 +857,9 @@ def load_cifar10(
 
     Archives are checked against ``checksums`` (MD5) *before* extraction and unpacked
     safely (regular files only, no absolute or ``..`` paths) into ``cache_dir``. Binary
-    batches are preferred over python ones; python batches go through a restricted
-    unpickler that admits only numpy array reconstruction.
+    batches are preferred over python ones; python batches are scanned, then unpickled by a
+    restricted unpickler that rebuilds arrays only from their data bytes, then checked against
+    the official layout (keys, dtypes, shapes, label range, at most 10,000 images a batch).
 
     Args:
         data_dir: folder or archive, as above.
@@ -874,8 +877,8 @@ def load_cifar10(
 
     Raises:
         FileNotFoundError: nothing usable found, or a batch file missing (lists them).
-        ValueError: checksum mismatch, unsafe archive, bad file size or structure,
-            refused pickle global.
+        ValueError: checksum mismatch; an unsafe, corrupt or oversized archive; a batch file
+            of the wrong size or not the official layout (one line naming the file).
     """
     if data_dir is None:
         raise ValueError("data_dir is required for CIFAR-10: a folder or archive path")
