@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: Names accepted by :func:`load_dataset`.
-DATASETS: tuple[str, ...] = ("digits", "cifar10")
+DATASETS: tuple[str, ...] = ("digits", "cifar10", "fashion-mnist")
 
 #: Published MD5 digests of the official CIFAR-10 archives, keyed by archive file name.
 CIFAR10_MD5: Mapping[str, str] = {
@@ -911,7 +911,7 @@ def load_dataset(
     """Load a data set by name.
 
     Args:
-        name: one of :data:`DATASETS` (``"digits"``, ``"cifar10"``), case-insensitive.
+        name: one of :data:`DATASETS` (``"digits"``, ``"cifar10"``, ``"fashion-mnist"``), case-insensitive.
         data_dir: required for ``"cifar10"`` (see :func:`load_cifar10`); refused for ``"digits"``
             (scikit-learn bundles it: a folder given there would be silently ignored).
         seed: split seed for ``"digits"`` (CIFAR-10 uses its fixed official split) and the seed
@@ -936,4 +936,8 @@ def load_dataset(
                 "downloaded)"
             )
         return load_cifar10(data_dir, train_fraction=train_fraction, seed=seed)
+    if key == "fashion-mnist":  # data_dir None: where the Debian package puts the files
+        from .fashion_mnist import load_fashion_mnist
+
+        return load_fashion_mnist(data_dir, train_fraction=train_fraction, seed=seed)
     raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")

@@ -7,9 +7,10 @@ methods of one seed share the initial weights and the data order (paired compari
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,11 @@ from ..models import PAPER_CNN_MIX_LAYER, paper_cnn
 from ..policies import AlphaPolicy, ConfMix, Constant, HalfConfMix, RampDown, RampUp
 from ..shards import Shard, ShardList, run_study, write_atomic
 from ..stats import mean_interval
-from ..train import train_classifier
+from ..train import accuracy, train_classifier
 from ..devices import resolve_device
 from .report import ALPHA_MAX, check_choices, check_int, check_real, check_unique
 
-__all__ = ["ConfMixStudyConfig", "METHODS", "PAPER_TABLE2", "run_confmix_study", "method_policy"]
+__all__ = ["ConfMixStudyConfig", "METHODS", "PAPER_TABLE2", "PRESETS", "run_confmix_study", "method_policy"]
 
 KINDS = ("mixup", "confmix", "half-confmix", "ramp-up", "ramp-down")
 METHODS = ("erm",) + tuple(f"{where}-{kind}" for where in ("input", "manifold") for kind in KINDS)
@@ -71,9 +72,9 @@ class ConfMixStudyConfig:
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
-        if self.data_dir is not None and self.dataset != "cifar10":
-            raise ValueError(f"data_dir {self.data_dir!r} is only used with dataset 'cifar10' (digits are bundled "
-                             "with scikit-learn); leave it out")
+        if self.data_dir is not None and self.dataset == "digits":
+            raise ValueError(f"data_dir {self.data_dir!r} is only used with datasets 'cifar10' and 'fashion-mnist' "
+                             "(digits are bundled with scikit-learn); leave it out")
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"unknown method(s) {bad}; valid methods: {list(METHODS)}")
@@ -95,9 +96,12 @@ class ConfMixStudyConfig:
             raise ValueError(f"device must be a string such as 'cpu' or 'cuda'; got {self.device!r}")
 
     def settings(self) -> dict:
-        """What the results depend on (the device is left out: a study may resume elsewhere)."""
+        """What the results depend on (the device is left out: a study may resume elsewhere; so is
+        Fashion-MNIST's folder: its files' content is checked against the official SHA-256)."""
         d = asdict(self)
         d.pop("device")
+        if self.dataset == "fashion-mnist":
+            d.pop("data_dir")
         d["methods"] = list(self.methods)
         return d
 
@@ -107,12 +111,34 @@ class ConfMixStudyConfig:
 
     def load(self):
         """The data set under these settings (the same for every shard of the study)."""
-        data = load_dataset(self.dataset, self.data_dir, seed=self.seed, train_fraction=self.train_fraction)
+        data = _load(self.dataset, self.data_dir, self.seed, self.train_fraction)
         n = data.x_train.shape[0]
         if n // self.min_steps_per_epoch < 2:
             raise ValueError(f"train_fraction {self.train_fraction} leaves {n} training images: too few for "
                              f"{self.min_steps_per_epoch} steps of at least 2 images per epoch")
         return data
+
+
+
+#: Named settings; every flag replaces one field. ``paper``: the paper's protocol (DESIGN.md; with
+#: ``--dataset fashion-mnist``, all 60,000 training images). ``cpu``: Table 2 on Fashion-MNIST
+#: within about 15 minutes on a quiet 2-core CPU, with room above ERM (REPRODUCTION.md): a
+#: stratified 2% of the training images (1,200), 20 epochs of at least 20 steps (batch 60, 400
+#: Adam steps; at batch 250 the CNN does not fit the training set in that budget), and ConfMix's
+#: start and the ramps' half-life scaled with the epochs as in the paper (M = 5 and h = 25 of 50:
+#: 10% and 50%).
+PRESETS: dict[str, ConfMixStudyConfig] = {
+    "paper": ConfMixStudyConfig(),
+    "cpu": ConfMixStudyConfig(dataset="fashion-mnist", train_fraction=0.02, epochs=20, min_steps_per_epoch=20,
+                              warmup_epochs=2, half_life=10.0),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _load(dataset: str, data_dir: str | None, seed: int, train_fraction: float):
+    """The data set, read once per process (every shard of a study uses the same one; the
+    tensors are only read: batches are gathered copies)."""
+    return load_dataset(dataset, data_dir, seed=seed, train_fraction=train_fraction)
 
 
 def method_policy(method: str, cfg: ConfMixStudyConfig) -> tuple[str | None, AlphaPolicy | None]:
@@ -132,10 +158,13 @@ def method_policy(method: str, cfg: ConfMixStudyConfig) -> tuple[str | None, Alp
 
 
 def train_one(payload: dict) -> list[dict]:
-    """Shard worker: train one (method, seed) and return its result row."""
+    """Shard worker: train one (method, seed) and return its result row. The test set is
+    evaluated once, after the last epoch (the table needs nothing else)."""
     cfg = ConfMixStudyConfig(**{**payload["config"], "methods": tuple(payload["config"]["methods"])})
     method, seed = payload["method"], payload["seed"]
     device = resolve_device(cfg.device)
+    if device.type == "cuda":  # the same shard gives the same numbers on the same kind of GPU
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     data = cfg.load()
     init_seed, order_seed = (int(s) for s in np.random.SeedSequence([cfg.seed, seed]).generate_state(2))
     # the initial weights: one per seed, shared by all methods; no global random state is used
@@ -146,14 +175,50 @@ def train_one(payload: dict) -> list[dict]:
         model, data.x_train.to(device), data.y_train.to(device),
         layers=layer, alpha=policy if policy is not None else 0.0,
         epochs=cfg.epochs, batch_size=cfg.batch_for(data.x_train.shape[0]),
-        lr=cfg.lr, optimizer=cfg.optimizer,
-        generator=gen, x_test=data.x_test.to(device), y_test=data.y_test.to(device), num_classes=data.num_classes,
+        lr=cfg.lr, optimizer=cfg.optimizer, generator=gen, num_classes=data.num_classes,
     )
     return [{
-        "method": method, "seed": seed, "test_acc": res.final_test_acc,
-        "train_acc": res.epochs[-1]["train_acc"], "final_loss": res.epochs[-1]["loss"],
-        "test_acc_per_epoch": [r["test_acc"] for r in res.epochs], "policy": res.policy,
+        "method": method, "seed": seed, "test_acc": accuracy(model, data.x_test.to(device), data.y_test.to(device)),
+        "train_acc": res.epochs[-1]["train_acc"], "final_loss": res.epochs[-1]["loss"], "policy": res.policy,
     }]
+
+
+def _set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+class _Lookahead:
+    """The shard worker when ``workers`` > 1: the study's runner asks for shards in order, one at a
+    time; each answer comes from a pool of processes that is already training the next ones."""
+
+    def __init__(self, pool, shards: ShardList, done, ahead: int) -> None:
+        self.pool, self.shards, self.done, self.ahead, self.running = pool, shards, done, ahead, {}
+
+    def __call__(self, payload: dict) -> list[dict]:
+        methods = payload["config"]["methods"]
+        i = payload["seed"] * len(methods) + methods.index(payload["method"])  # its place in shards_for
+        for j in range(i, min(i + self.ahead, len(self.shards))):
+            if j not in self.running and (j == i or not self.done(self.shards[j].key)):
+                self.running[j] = self.pool.apply_async(train_one, (self.shards[j].payload,))
+        return self.running.pop(i).get()
+
+
+def _run_in_processes(out: Path, study: str, settings: dict, shards: ShardList, worker, *, workers: int,
+                      **kwargs) -> dict:
+    """``run_study`` with the shards trained ``workers`` at a time in local processes (spawned:
+    CUDA cannot be used in a forked child), torch's threads divided among them."""
+    import multiprocessing
+
+    threads = max(1, torch.get_num_threads() // workers)
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_set_threads, initargs=(threads,))
+    try:
+        ahead = _Lookahead(pool, shards, lambda key: (out / "shards" / f"{key}.json").exists(), 2 * workers)
+        result = run_study(out, study, settings, shards, ahead, **kwargs)
+        pool.close()
+        return result
+    finally:
+        pool.terminate()  # (after close: the workers have nothing left; on an error: stop them now)
+        pool.join()
 
 
 def shards_for(cfg: ConfMixStudyConfig) -> ShardList:
@@ -228,8 +293,18 @@ def summarise(cfg: ConfMixStudyConfig, rows: list[dict], n_train: int | None = N
 
 
 def run_confmix_study(cfg: ConfMixStudyConfig, out: str | Path, executor: str = "local", address: str | None = None,
-                      progress: bool = True) -> dict:
-    """Run (or resume) the study into ``out``: results.csv, summary.md, alpha.png, manifest.json."""
+                      progress: bool = True, workers: int = 1) -> dict:
+    """Run (or resume) the study into ``out``: results.csv, summary.md, alpha.png, manifest.json.
+
+    ``workers`` > 1 trains that many shards at once in local processes, on one device (a GPU is
+    shared by them) or on the CPU's cores (torch's threads divided among them). On a GPU the
+    numbers do not depend on it; on a CPU they depend on the threads each shard runs with.
+    """
+    check_int("workers", workers, 1, 256)
+    if workers > 1 and executor != "local":
+        raise ValueError(f"workers = {workers} runs shards as local processes; it cannot be combined with executor "
+                         f"{executor!r} (give one or the other)")
+    study = run_study if workers == 1 else functools.partial(_run_in_processes, workers=workers)
     from ..plots import plot_alpha_trajectories
     from .report import write_csv
 
@@ -246,7 +321,7 @@ def run_confmix_study(cfg: ConfMixStudyConfig, out: str | Path, executor: str = 
                       "their warm-up and train exactly as ERM", stacklevel=2)
     out = Path(out)
     info = {"n_train": n_train, "batch_size_used": cfg.batch_for(n_train), "steps_per_epoch": _steps(cfg, n_train)}
-    rows = run_study(out, "confmix-study", cfg.settings(), shards_for(cfg), train_one, info=info, executor=executor,
+    rows = study(out, "confmix-study", cfg.settings(), shards_for(cfg), train_one, info=info, executor=executor,
                      address=address, progress=progress, desc="confmix study",
                      gpus_per_task=1 if resolve_device(cfg.device).type == "cuda" else 0,
                      adapt_threads=False)  # the CNN's numbers depend on the thread count: keep them fixed
