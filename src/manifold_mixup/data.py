@@ -314,9 +314,10 @@ def _latin1_bytes(text: object, encoding: object) -> bytes:
     """``_codecs.encode`` as protocol 2 uses it for bytes written by Python 3: latin-1 only."""
     if encoding != "latin1" or not isinstance(text, str):
         raise _Refused(f"refusing _codecs.encode with encoding {_show(encoding)}: only 'latin1' rebuilds bytes")
-    if not text.isascii() and max(text) > "\xff":
-        raise _Refused("refusing _codecs.encode of text that is not latin-1")
-    return text.encode("latin1")
+    try:
+        return text.encode("latin1")
+    except UnicodeEncodeError:
+        raise _Refused("refusing _codecs.encode of text that is not latin-1") from None
 
 
 class _NdarrayName:
