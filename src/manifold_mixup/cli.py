@@ -148,7 +148,7 @@ def _parser():
     c = sub.add_parser("confmix-study", help="Table 2: ConfMix, ramps and mixup on images, several seeds")
     c.add_argument("--preset", choices=list(CONFMIX_PRESETS), default="paper",
                    help="the settings every flag below replaces (default: paper, the paper's protocol; cpu: Table 2 "
-                        "on Fashion-MNIST in about 15 minutes on 2 CPU cores)")
+                        "on Fashion-MNIST in about 10 minutes on 2 CPU cores)")
     c.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
     _add_flags(c, _CONFMIX_FLAGS, CONFMIX_PRESETS)
     _add_executor(c, run_confmix_study)
