@@ -261,3 +261,78 @@ def test_memory_budget_takes_any_finite_number_of_bytes():
     x, y = make_data(2, [3, 3])
     train_ensemble(x, y, 3, [MemberSpec(0), MemberSpec(1, 1, 0.5)],
                    EnsembleConfig(epochs=1, batch_size=BATCH, hidden=HIDDEN, memory_budget=2e9))
+
+
+def test_mix_matrices_equal_the_rows_written_one_by_one():
+    from manifold_mixup.ensemble import _mix_matrices
+
+    # B = 4 makes rows that are their own partner common; tiny and huge alpha put lambda near 0 and 1
+    m, nb, B = 4, 6, 4
+    g = torch.Generator().manual_seed(0)
+    perm = torch.stack([torch.stack([torch.randperm(B, generator=g) for _ in range(nb)]) for _ in range(m)])
+    lam = torch.rand(m, nb, B, generator=g, dtype=torch.float64) ** 30
+    lam[1] = 1 - lam[1]
+    lam[2, 0] = 1.0  # alpha = 0: lambda is 1
+    mixes = torch.tensor([True, True, True, False])
+    assert (perm == torch.arange(B)).any()
+    for dt in (torch.float32, torch.float64):
+        want = torch.zeros(nb, m, B, B, dtype=torch.float64)
+        for r in range(m):
+            for b in range(nb):
+                for i in range(B):
+                    if not mixes[r]:
+                        want[b, r, i, i] = 1.0
+                        continue
+                    l = float(lam[r, b, i])
+                    want[b, r, i, i] += l
+                    want[b, r, i, int(perm[r, b, i])] += 1.0 - l
+        got = _mix_matrices(perm, lam, mixes, dt, torch.device("cpu"))
+        assert got.dtype == dt and got.shape == (nb, m, B, B)
+        assert torch.equal(got, want.to(dt))
+
+
+def test_members_sharing_a_seed_draw_once_and_train_as_if_drawn_alone(monkeypatch):
+    import manifold_mixup.ensemble as ens
+
+    calls = {"plan": 0, "init": 0}
+    plan, init = ens.epoch_plan, ens.mlp_init
+
+    def counted(name, f):
+        def wrapper(*a, **k):
+            calls[name] += 1
+            return f(*a, **k)
+        return wrapper
+
+    # two problems x five methods (one seed per problem, the depth study's layout), chunks of two members
+    ks = [3] * 5 + [4] * 5
+    specs = [MemberSpec(s, l, 0.5) for s in (11, 12) for l in (None, 0, 1, 2, 3)]
+    x, y = make_data(10, ks, seed=8)
+    cfg = EnsembleConfig(epochs=3, batch_size=BATCH, hidden=HIDDEN, chunk_models=2)
+    monkeypatch.setattr(ens, "epoch_plan", counted("plan", plan))
+    monkeypatch.setattr(ens, "mlp_init", counted("init", init))
+    shared = train_ensemble(x, y, ks, specs, cfg)
+    assert calls == {"plan": 2 * 3, "init": 2}
+    monkeypatch.setattr(ens, "_DRAWS_BUDGET", 0)  # nothing kept: every member draws its own
+    alone = train_ensemble(x, y, ks, specs, cfg)
+    assert calls == {"plan": 2 * 3 + 10 * 3, "init": 2 + 10}
+    for a, b in zip(shared.weights + shared.biases + [shared.losses], alone.weights + alone.biases + [alone.losses]):
+        assert torch.equal(a, b)
+
+
+def test_draws_are_the_functions_values_and_are_let_go():
+    from manifold_mixup.ensemble import _Draws
+
+    specs = [MemberSpec(5, None, 0.5), MemberSpec(5, 1, 0.5), MemberSpec(5, 2, 0.0), MemberSpec(6, 0, 0.5)]
+    ks = [3, 3, 3, 2]
+    for budget in (1 << 30, 0):
+        draws = _Draws(specs, ks, budget=budget)
+        for epoch in range(2):
+            for s in specs:
+                got = draws.plan(s.seed, epoch, N, BATCH, s.alpha)
+                for a, b in zip(got, epoch_plan(s.seed, epoch, N, BATCH, s.alpha)):
+                    assert torch.equal(a, b)
+        for s, k in zip(specs, ks):
+            sizes = [2, *HIDDEN, k]
+            for (w, b), (w2, b2) in zip(draws.init(sizes, s.seed), mm.models.mlp_init(sizes, torch.Generator().manual_seed(s.seed))):
+                assert torch.equal(w, w2) and torch.equal(b, b2)
+        assert draws.kept == {} and draws.bytes == 0 and not draws.taken

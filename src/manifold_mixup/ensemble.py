@@ -58,6 +58,7 @@ import math
 import multiprocessing
 import numbers
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -96,6 +97,9 @@ _PAD_LOGIT = -1e30
 #: CPU runs with worker processes need the usual ``if __name__ == "__main__":`` guard in scripts
 #: (processes are started with "spawn").
 DEFAULT_CHUNK = {"cpu": 4, "cuda": 256}
+
+#: bytes of initial weights and plans that members sharing a seed keep for each other (see ``_Draws``).
+_DRAWS_BUDGET = 256 << 20
 
 
 
@@ -192,6 +196,60 @@ def epoch_plan(seed: int, epoch: int, n: int, batch_size: int, alpha: float) -> 
     perm = rng.permuted(np.broadcast_to(np.arange(batch_size), (nb, batch_size)), axis=1)
     lam = rng.beta(alpha, alpha, size=(nb, batch_size)) if alpha > 0 else np.ones((nb, batch_size))
     return torch.from_numpy(order), torch.from_numpy(perm), torch.from_numpy(lam)
+
+
+class _Draws:
+    """The initial weights and epoch plans of the members of one training call, each drawn once.
+
+    Both are functions of a member's seed (and K, resp. alpha) alone, so members that share them
+    (the methods of one problem in the depth study) can share one draw: same numbers, less time.
+    A draw is kept until the last member that needs it has taken it, within ``budget`` bytes;
+    beyond it a draw is made again.
+    """
+
+    def __init__(self, specs: Sequence[MemberSpec], ks: Sequence[int], budget: int | None = None) -> None:
+        self.total = Counter()
+        for s, k in zip(specs, ks):
+            self.total["init", int(s.seed), int(k)] += 1
+            self.total["plan", int(s.seed), float(s.alpha)] += 1
+        self.taken: Counter = Counter()
+        self.kept: dict = {}
+        self.budget, self.bytes = _DRAWS_BUDGET if budget is None else budget, 0
+
+    def _take(self, key: tuple, group: tuple, draw: Callable[[], tuple]):
+        self.taken[key] += 1
+        left = self.total[group] - self.taken[key]
+        value = self.kept.get(key)
+        if value is None:
+            value = draw()
+            size = sum(t.nbytes for t in _flat(value))
+            if left > 0 and self.bytes + size <= self.budget:
+                self.kept[key] = value
+                self.bytes += size
+        elif left <= 0:
+            del self.kept[key]
+            self.bytes -= sum(t.nbytes for t in _flat(value))
+        if left <= 0:
+            del self.taken[key]
+        return value
+
+    def init(self, sizes: list[int], seed: int) -> list[tuple[Tensor, Tensor]]:
+        """``mlp_init(sizes, torch.Generator().manual_seed(seed))`` (read-only: shared between members)."""
+        group = ("init", int(seed), int(sizes[-1]))
+        return self._take((*group, tuple(sizes)), group,
+                          lambda: mlp_init(sizes, torch.Generator().manual_seed(int(seed))))
+
+    def plan(self, seed: int, epoch: int, n: int, batch_size: int, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+        """``epoch_plan(seed, epoch, n, batch_size, alpha)`` (read-only: shared between members)."""
+        group = ("plan", int(seed), float(alpha))
+        return self._take((*group, int(epoch), int(n), int(batch_size)), group,
+                          lambda: epoch_plan(seed, epoch, n, batch_size, alpha))
+
+
+def _flat(value) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    return [t for v in value for t in _flat(v)]
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -467,8 +525,9 @@ def train_ensemble(
                 progress(done)
 
     if workers <= 1:
+        draws = _Draws(specs, ks)
         for idx in chunks:
-            collect(idx, _train_chunk(x, y, ks, specs, idx, config, device, evaluate, idx))
+            collect(idx, _train_chunk(x, y, ks, specs, idx, config, device, evaluate, idx, draws))
     else:
         threads = config.threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
         ctx = multiprocessing.get_context("spawn")
@@ -495,15 +554,19 @@ def _n_workers(config: EnsembleConfig, device: torch.device, n_chunks: int) -> i
     return min(config.workers or 1, n_chunks)
 
 
-def _train_chunk(x, y, ks, specs, idx, config: EnsembleConfig, device, evaluate=None, members=None):
+def _train_chunk(x, y, ks, specs, idx, config: EnsembleConfig, device, evaluate=None, members=None,
+                 draws: _Draws | None = None):
     """Train the members ``idx`` (sorted by mixing layer) together; returns CPU W [m,out,in], b [m,out],
-    losses [m,E] and {epoch: evaluate(epoch, members, params) or params} for the epochs in config.eval_epochs."""
+    losses [m,E] and {epoch: evaluate(epoch, members, params) or params} for the epochs in config.eval_epochs.
+    ``draws`` shares initial weights and plans with other chunks (default: within this chunk only)."""
     m, n, d = len(idx), x.shape[1], x.shape[2]
     B, dt = config.batch_size, config.dtype
     nb = n // B
     kc = max(ks[i] for i in idx)
     sizes = [d, *config.hidden, kc]
-    inits = [mlp_init([d, *config.hidden, ks[i]], torch.Generator().manual_seed(int(specs[i].seed))) for i in idx]
+    if draws is None:
+        draws = _Draws([specs[i] for i in idx], [ks[i] for i in idx])
+    inits = [draws.init([d, *config.hidden, ks[i]], specs[i].seed) for i in idx]
     kmask = None
     if any(ks[i] < kc for i in idx):
         kmask = torch.zeros(m, 1, kc, dtype=dt)
@@ -524,20 +587,12 @@ def _train_chunk(x, y, ks, specs, idx, config: EnsembleConfig, device, evaluate=
     evals: dict[int, object] = {}
     eval_at = set(config.eval_epochs)
     g0 = groups.get(0)
+    mixes = torch.tensor([k is not None for k in layers])
     for epoch in range(config.epochs):
-        orders = torch.empty(m, n, dtype=torch.long)
-        mix = torch.zeros(m, nb, B, B, dtype=torch.float64)
-        for r, i in enumerate(idx):
-            o, p, lam = epoch_plan(specs[i].seed, epoch, n, B, specs[i].alpha)
-            orders[r] = o
-            if layers[r] is None:
-                mix[r].diagonal(dim1=-2, dim2=-1).fill_(1.0)
-            else:
-                mix[r].diagonal(dim1=-2, dim2=-1).copy_(lam)
-                mix[r].view(nb * B, B).index_put_(
-                    (torch.arange(nb * B), p.reshape(-1)), (1 - lam).reshape(-1), accumulate=True)
-        mix = mix.to(device=device, dtype=dt).transpose(0, 1).contiguous()      # [nb, m, B, B]
-        od = orders.to(device)
+        plans = [draws.plan(specs[i].seed, epoch, n, B, specs[i].alpha) for i in idx]
+        od = torch.stack([o for o, _, _ in plans]).to(device)
+        mix = _mix_matrices(torch.stack([p for _, p, _ in plans]), torch.stack([lam for _, _, lam in plans]),
+                            mixes, dt, device)                                   # [nb, m, B, B]
         xe = torch.gather(xc, 1, od[..., None].expand(m, n, d)).view(m, nb, B, d).transpose(0, 1).contiguous()
         te = torch.gather(yc, 1, od[..., None].expand(m, n, kc)).view(m, nb, B, kc).transpose(0, 1)
         te = torch.matmul(mix, te)                                                # mixed targets [nb, m, B, K]
@@ -554,6 +609,24 @@ def _train_chunk(x, y, ks, specs, idx, config: EnsembleConfig, device, evaluate=
             evals[epoch + 1] = now if evaluate is None else evaluate(epoch + 1, list(members), now)
     W, bs = chunk.parameters()
     return W, bs, losses, evals
+
+
+def _mix_matrices(perm: Tensor, lam: Tensor, mixes: Tensor, dt: torch.dtype, device: torch.device) -> Tensor:
+    """The chunk's mixing matrices [nb, m, B, B] in ``dt`` on ``device``, from perm [m, nb, B] and lam
+    [m, nb, B] (float64): row i of batch b of member r is ``lam e_i + (1 - lam) e_perm[i]`` (the
+    sum ``lam + (1 - lam)`` in float64 where perm[i] = i), or ``e_i`` where ``mixes[r]`` is False.
+    The entries are computed in float64 on the CPU and rounded to ``dt`` once; the device gets
+    [m, nb, B]-sized tensors and writes them into place."""
+    eye = torch.arange(perm.shape[-1])
+    off = 1 - lam
+    col = torch.where(mixes[:, None, None], perm, eye)         # ERM rows: their own column only
+    own = col == eye
+    diag = torch.where(mixes[:, None, None], torch.where(own, lam + off, lam), 1.0)
+    at_col = torch.where(own, diag, off)
+    out = torch.zeros(perm.shape[1], perm.shape[0], perm.shape[2], perm.shape[2], dtype=dt, device=device)
+    out.diagonal(dim1=-2, dim2=-1).copy_(diag.transpose(0, 1).to(device, dt))
+    out.scatter_(3, col.transpose(0, 1)[..., None].to(device), at_col.transpose(0, 1)[..., None].to(device, dt))
+    return out
 
 
 # -- prediction and interop ------------------------------------------------------------------
