@@ -124,9 +124,9 @@ class ConfMixStudyConfig:
 #: ``--dataset fashion-mnist``, all 60,000 training images). ``cpu``: Table 2 on Fashion-MNIST
 #: within about 10 minutes on a quiet 2-core CPU, with room above ERM (REPRODUCTION.md): a
 #: stratified 1% of the training images (600), 20 epochs of at least 20 steps (batch 30, 400
-#: Adam steps; with 5 steps of batch 120 the CNN does not fit the training set in that budget),
-#: and ConfMix's start and the ramps' half-life scaled with the epochs as in the paper (M = 5 and
-#: h = 25 of 50: 10% and 50%).
+#: Adam steps, so that ERM nearly fits its training images within the budget), and ConfMix's
+#: start and the ramps' half-life scaled with the epochs as in the paper (M = 5 and h = 25 of 50:
+#: 10% and 50%).
 PRESETS: dict[str, ConfMixStudyConfig] = {
     "paper": ConfMixStudyConfig(),
     "cpu": ConfMixStudyConfig(dataset="fashion-mnist", train_fraction=0.01, epochs=20, min_steps_per_epoch=20,
