@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .checkpointing import checkpoint_keys, expect
 from .confidence import eval_mode, forward_confidence, suffix_cut
 from .mixing import MixPlan, PlanStream, check_alpha, check_class_targets, check_label_range, mix, target_rows
 from .policies import NEEDS, AlphaPolicy, as_policy
@@ -37,7 +38,7 @@ TASKS = ("classification", "multilabel", "regression")
 _RESERVED = ("index", "plan", "layer")
 VALIDATE = ("first", "always")
 VALIDATE_CALLS = 20  # calls whose targets (and replayed plans) are checked by value under validate="first"
-_FIRST_CALLS = 3  # a layer that has not run in the first this-many calls that drew it is an error
+_FIRST_CALLS = 8  # a layer that has not run in the first this-many calls that drew it is an error
 
 # How to find the tensor to mix in a module output that is a tuple, list or dict:
 # an index or key, or a function ``(output, mix_fn) -> new_output``.
@@ -94,57 +95,25 @@ def _apply_selector(output: Any, selector: Selector | None, fn: Callable[[Tensor
     raise ValueError(f"select[{name!r}] = {selector!r} does not fit an output of type {type(output).__name__}")
 
 
-class _Replay:
-    """A mixed run that autograd may recompute in the call's backward (activation checkpointing):
-    its plan, and a weak reference to the call's logits (the record dies with them)."""
-
-    def __init__(self, plan: MixPlan, logits: Tensor) -> None:
-        self.plan = plan
-        self.logits = weakref.ref(logits)
-
-
-def _checkpointed(call_grad: bool) -> bool:
-    """True where the running forward is one that autograd recomputes in backward: inside
-    ``torch.utils.checkpoint`` (non-reentrant: its saved-tensor hooks are on; reentrant: it runs
-    the forward without grad inside a call made with grad)."""
-    top = torch._C._autograd._top_saved_tensors_default_hooks(True)
-    if top is not None and getattr(top[0], "__module__", "") == "torch.utils.checkpoint":
-        return True
-    return call_grad and not torch.is_grad_enabled()
-
-
-def _in_backward() -> bool:
-    """True while autograd runs a backward pass (where checkpointing recomputes forwards)."""
-    return torch._C._current_autograd_node() is not None
-
-
 class _MixHook:
-    """The forward hook of one layer: mixes its output at the first run in a mixer call, and
-    applies the same plan again where autograd recomputes that run in the call's backward.
+    """The forward hook of one layer: mixes its output at the first run in a mixer call.
 
     ``plan`` is the call's plan, or None and ``make_plan(h)`` draws it from the clean output h
-    (fresh confidences through ``confidence.suffix_cut``). A picklable object, not a closure."""
+    (fresh confidences through ``confidence.suffix_cut``). ``keys`` are the checkpoint invocations
+    around the mixed run (``checkpointing.checkpoint_keys``): where there are any, the mixer has
+    autograd's recomputation of that run mixed the same way. A picklable object, not a closure."""
 
     def __init__(self, name: str, selector: Selector | None) -> None:
         self.name, self.selector = name, selector
         self.active = False  # set for the one mixer call that mixes at this layer
         self.plan: MixPlan | None = None
         self.make_plan: Callable[[Tensor], MixPlan] | None = None
-        self.call_grad = False  # grad mode of the mixer call
         self.runs = 0  # runs of the layer in the current call
-        self.checkpointed = False  # the mixed run is one that autograd recomputes
+        self.keys: list = []  # checkpoint invocations around the mixed run
         self.warned = False
-        self.replays: list[_Replay] = []  # checkpointed mixed runs whose backward is to come
-        self.release: Callable[[], None] | None = None  # takes the hook off when nothing is pending
 
     def __getstate__(self) -> dict:
-        # weak references and handles do not pickle; nothing is pending in a copy
-        return {**self.__dict__, "replays": [], "release": None}
-
-    def __deepcopy__(self, memo: dict) -> "_MixHook":
-        new = copy.copy(self)
-        new.__dict__.update(copy.deepcopy(self.__getstate__(), memo))
-        return new
+        return {**self.__dict__, "keys": []}  # (nothing of a call in progress travels)
 
     def _mix(self, h: Tensor) -> Tensor:
         if self.plan is None:
@@ -153,77 +122,38 @@ class _MixHook:
         return mix(h, self.plan)
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
-        compiling = torch.compiler.is_compiling()  # (compiled code recomputes within its own graph)
-        if self.replays and not compiling and _in_backward():
-            return self._replay(output)
         if not self.active:
             return None
-        here = not compiling and _checkpointed(self.call_grad)
+        compiling = torch.compiler.is_compiling()  # (compiled code recomputes within its own graph)
+        keys = [] if compiling else checkpoint_keys()
         self.runs += 1
         if self.runs > 1:
-            if here and self.checkpointed:  # both runs recomputed in backward: which one was mixed?
+            if {id(k) for k in keys} & {id(k) for k in self.keys}:  # one recomputation re-runs both runs
                 raise RuntimeError(
-                    f"layer {self.name!r} runs more than once in one forward, inside activation-checkpointed code: "
-                    "autograd recomputes it in backward and the mixer cannot tell which recomputed run was the "
-                    "mixed one; mix at a layer that runs once, or do not checkpoint the code around it")
+                    f"layer {self.name!r} runs more than once inside one activation-checkpointed piece of code: "
+                    "autograd recomputes both runs in backward and the mixer cannot tell which one was mixed; "
+                    "mix at a layer that runs once there, or checkpoint the runs separately")
             if not self.warned:
                 self.warned = True
                 warnings.warn(f"layer {self.name!r} runs more than once in one forward; it is mixed at its first call only",
                               stacklevel=2)
             return None
-        self.checkpointed, self.mixed = here, False
+        self.keys, self.mixed = keys, False
         out = _apply_selector(output, self.selector, self._mix, self.name)
         if not self.mixed:
             raise ValueError(f"select[{self.name!r}] returned without calling mix: nothing was mixed, while the targets "
                              "would be; the function must pass the tensor to mix through mix(...)")
         return out
 
-    def _replay(self, output: Any) -> Any:
-        """The recomputation of a checkpointed mixed run, in backward: the same plan again."""
-        live = [r for r in self.replays if r.logits() is not None]
-        self.replays[:] = live
-        if not live:
-            return None
-        if len(live) > 1:
-            raise RuntimeError(
-                f"layer {self.name!r} is recomputed in backward (activation checkpointing) while {len(live)} mixer "
-                "calls that mixed it have not finished their backward: the mixer cannot tell which call's plan the "
-                "recomputation belongs to; call backward after each mixer call when the layer is checkpointed")
-        rec = live[0]
-        _at_end_of_backward(self, rec)
-        return _apply_selector(output, self.selector, lambda h: mix(h, rec.plan), self.name)
 
+class _Again:
+    """Mixes a recomputed output as the mixed run was mixed: the same selector and plan."""
 
-class _Release:
-    """Takes a hook off its module (non-compiled models, where hooks exist only while needed)."""
+    def __init__(self, name: str, selector: Selector | None, plan: MixPlan) -> None:
+        self.name, self.selector, self.plan = name, selector, plan
 
-    def __init__(self, hook: _MixHook, handle: Any) -> None:
-        self.hook, self.handle = hook, handle
-
-    def __call__(self) -> None:
-        self.handle.remove()
-        self.hook.release = None
-
-
-class _EndOfBackward:
-    """A tensor hook on a call's logits: when backward reaches them, the call's pending
-    recomputation record is dropped at the end of that backward pass."""
-
-    def __init__(self, hook: _MixHook, rec: _Replay) -> None:
-        self.hook, self.rec = hook, rec
-
-    def __call__(self, grad: Tensor) -> None:
-        _at_end_of_backward(self.hook, self.rec)
-
-
-def _at_end_of_backward(hook: _MixHook, rec: _Replay) -> None:
-    """Drop ``rec`` (and the hook itself, once nothing is pending) when the running backward ends."""
-    def done() -> None:
-        if rec in hook.replays:
-            hook.replays.remove(rec)
-        if not hook.replays and hook.release is not None:
-            hook.release()
-    torch.autograd.Variable._execution_engine.queue_callback(done)
+    def __call__(self, output: Any) -> Any:
+        return _apply_selector(output, self.selector, lambda h: mix(h, self.plan), self.name)
 
 
 class ManifoldMixup:
@@ -388,10 +318,6 @@ class ManifoldMixup:
         on a compiled model, where they are taken off now.)"""
         _remove_handles(self._handles)
         self._handles = []
-        for hook in self._hooks.values():
-            hook.replays.clear()
-            if hook.release is not None:
-                hook.release()
         self._removed = True
 
     def __enter__(self) -> "ManifoldMixup":
@@ -508,11 +434,11 @@ class ManifoldMixup:
             plan = _to_device(plan, device)
         if layer in self._input_names:
             out = self._call(self._mix_input(x, plan), args, kwargs)
-            ran = checkpointed = False
+            ran = True
         else:
-            out, plan, ran, checkpointed = self._hooked_call(layer, x, args, kwargs, plan, make_plan)
+            out, plan, ran = self._hooked_call(layer, x, args, kwargs, plan, make_plan)
         logits = self._logits(out)
-        if layer not in self._input_names and not ran:  # the model skipped the layer on this call
+        if not ran:  # the model skipped the layer on this call
             targets = self._targets(y, logits, None, values)
             self.skipped[layer] += 1
             self.last_plan = None
@@ -521,29 +447,25 @@ class ManifoldMixup:
             if self._pending is not None:  # the call succeeded: the policy records the batch
                 self.policy.record(*self._pending)
             self.last_plan = LastPlan(plan.perm, plan.lam, layer)
-            if checkpointed and logits.requires_grad:  # autograd recomputes the mixed run in backward
-                self._expect_recomputation(layer, plan, logits)
             self._ran.add(layer)
         self.policy.observe(index, logits.detach(), y)
         return logits, targets
 
     def _hooked_call(self, layer: str, x: Any, args: tuple, kwargs: dict, plan: MixPlan | None,
-                     make_plan: Callable[[Tensor], MixPlan] | None) -> tuple[Any, MixPlan | None, bool, bool]:
-        """The forward with the layer's hook active: (output, plan, whether the layer ran, whether its
-        mixed run is one that autograd recomputes in backward)."""
+                     make_plan: Callable[[Tensor], MixPlan] | None) -> tuple[Any, MixPlan | None, bool]:
+        """The forward with the layer's hook active: (output, plan, whether the layer ran). Where the
+        mixed run is inside activation-checkpointed code, its recomputation in backward is recorded
+        to be mixed with the same plan (``checkpointing.expect``)."""
         hook = self._hooks[layer]
-        hook.replays[:] = [r for r in hook.replays if r.logits() is not None]  # graphs dropped without backward
-        hook.plan, hook.make_plan, hook.runs, hook.checkpointed = plan, make_plan, 0, False
-        hook.call_grad, hook.active = torch.is_grad_enabled(), True
-        if not self._compiled and hook.release is None:
-            handle = unwrap(self.model).get_submodule(layer).register_forward_hook(hook)
-            hook.release = _Release(hook, handle)
+        hook.plan, hook.make_plan, hook.runs, hook.keys, hook.active = plan, make_plan, 0, [], True
+        handle = None if self._compiled else unwrap(self.model).get_submodule(layer).register_forward_hook(hook)
         try:
             out = self._call(x, args, kwargs)
         finally:
-            plan, hook.plan, hook.make_plan, hook.active = hook.plan, None, None, False
-            if not hook.replays and hook.release is not None:  # nothing pending: the model is the user's again
-                hook.release()
+            if handle is not None:
+                handle.remove()
+            plan, keys = hook.plan, hook.keys
+            hook.plan, hook.make_plan, hook.keys, hook.active = None, None, [], False
         ran = hook.runs > 0
         if not ran and layer not in self._ran:
             self._never_ran[layer] = self._never_ran.get(layer, 0) + 1
@@ -552,17 +474,9 @@ class ManifoldMixup:
                        if self._compiled else "")
                 raise RuntimeError(f"layer {layer!r} did not run in the forward pass of any of the {_FIRST_CALLS} mixer "
                                    f"calls that drew it, so nothing was mixed{why}; name a layer that the model runs")
-        return out, plan, ran, hook.checkpointed
-
-    def _expect_recomputation(self, layer: str, plan: MixPlan, logits: Tensor) -> None:
-        """Keep the layer's hook on until this call's backward has recomputed its checkpointed mixed run."""
-        hook = self._hooks[layer]
-        rec = _Replay(plan, logits)
-        hook.replays.append(rec)
-        if hook.release is None and not self._compiled:
-            handle = unwrap(self.model).get_submodule(layer).register_forward_hook(hook)
-            hook.release = _Release(hook, handle)
-        logits.register_hook(_EndOfBackward(hook, rec))
+        if ran and keys and torch.is_grad_enabled():
+            expect(unwrap(self.model).get_submodule(layer), layer, _Again(layer, hook.selector, plan), keys)
+        return out, plan, ran
 
     def _draw(self, b: int, index: Tensor | None, confidence: tuple[Tensor, int] | None) -> MixPlan:
         """Ask the policy for the batch's alpha, draw the plan, record both."""
