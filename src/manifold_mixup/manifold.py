@@ -8,7 +8,9 @@ One path: a layer is drawn, the policy gives alpha, a plan (permutation, lambdas
 a forward hook on that layer, put on for the one call and taken off at its end, replaces the
 layer's output h by ``lam*h + (1-lam)*h[perm]`` (``"input"`` mixes the input itself, no hook).
 Outside a mixer call, and whenever the model is in ``eval()`` mode, the model is exactly the
-model without the library. (On a compiled model the hooks stay on, inactive outside the mixer's
+model without the library. Where the mixed run is inside activation-checkpointed code, its
+recomputation in backward is mixed with the same plan (``checkpointing``: a global module hook
+that lives as long as such a graph, on no model). (On a compiled model the hooks stay on, inactive outside the mixer's
 calls, until ``remove()`` or the mixer is collected: compiled code does not see hooks added later.)
 A call that fails leaves the mixer as it was: no draw is used up and nothing is recorded.
 """

@@ -197,6 +197,12 @@ class ConfMix(AlphaPolicy):
         never seen gets alpha 0.
     half: draw lambda_i ~ Beta(alpha_i/2, alpha_i/2) (half ConfMix). ``history()`` records
       alpha_i itself, before halving.
+
+    Device synchronisation: ConfMix is the one exemption from the mixer's rule that a mixed step
+    makes no device-to-host synchronisation after its first calls. The per-row alphas are set on
+    the host, where the plan is drawn, so after the warm-up each call reads the batch's
+    confidences back; cached ConfMix also reads the range of ``index`` (to grow its cache), on
+    every call, warm-up included.
     """
 
     def __init__(self, warmup_epochs: float = 5, half: bool = False, confidence: str = "fresh") -> None:
