@@ -45,7 +45,7 @@ _NAMES = {
     "accuracy": "train",
 }
 _SUBMODULES = ("models", "toy", "ensemble", "data", "studies", "mixing", "manifold", "policies", "train", "plots",
-               "stats", "shards", "cli", "devices")
+               "stats", "shards", "cli", "devices", "checkpointing", "confidence")
 
 __all__ = list(_NAMES)
 
