@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import functools
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from manifold_mixup.shards import ShardStore
 TINY = ["--preset", "quick", "--problems-per-k", "2", "--ks", "2", "3", "--hidden", "8", "8", "8", "--n-train", "40",
         "--epochs", "1", "--batch-size", "20", "--grid-resolution", "16", "--mmlb-samples", "500",
         "--problems-per-shard", "1", "--methods", "baseline", "k1", "--no-progress"]
+SPIRAL = ["--epochs", "1", "--n", "100", "--hidden", "8", "8", "--resolution", "16"]
 
 
 def depth(out, *extra):
@@ -223,10 +225,14 @@ def test_out_an_existing_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("code,hint", [(errno.EROFS, "writable --out"), (errno.EACCES, "may write to")])
 def test_read_only_or_forbidden_out(tmp_path, capsys, monkeypatch, code, hint):
-    def refuse(*a, **k):
-        raise OSError(code, os.strerror(code))
+    real_open = os.open
 
-    monkeypatch.setattr(shards_mod.tempfile, "mkstemp", refuse)
+    def refuse(path, flags, *a, **k):  # every new file (a temporary one, or the probe) is refused
+        if flags & os.O_CREAT:
+            raise OSError(code, os.strerror(code))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(shards_mod.os, "open", refuse)
     out = tmp_path / "run"
     assert depth(out) == 2
     line = one_error_line(capsys)
@@ -258,14 +264,15 @@ def test_a_write_into_dev_full_is_one_line_and_leaves_no_temp_file(tmp_path, cap
     # every temporary file is opened on /dev/full: the kernel itself answers ENOSPC on the write
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
-    real = shards_mod.tempfile.mkstemp
+    real_open = os.open
 
-    def on_dev_full(dir=None, prefix="", suffix=""):
-        fd, path = real(dir=dir, prefix=prefix, suffix=suffix)  # the name, as a real write would leave it
-        os.close(fd)
-        return os.open("/dev/full", os.O_WRONLY), path
+    def on_dev_full(path, flags, *a, **k):
+        if flags & os.O_CREAT and str(path).endswith(".tmp") and ".probe." not in str(path):
+            os.close(real_open(path, flags, *a, **k))  # the name, as a real write would leave it
+            return real_open("/dev/full", os.O_WRONLY)
+        return real_open(path, flags, *a, **k)
 
-    monkeypatch.setattr(shards_mod.tempfile, "mkstemp", on_dev_full)
+    monkeypatch.setattr(shards_mod.os, "open", on_dev_full)
     out = tmp_path / "run"
     assert depth(out) == 2
     line = one_error_line(capsys)
@@ -381,22 +388,6 @@ def test_a_run_stopped_before_its_first_shard_does_not_block_the_corrected_comma
     assert strict_load(out / "manifest.json")["settings"]["n_train"] == 40
 
 
-def test_a_shard_with_edited_rows_is_recomputed(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert depth(out) == 0
-    good = _results(out)
-    shard = sorted((out / "shards").glob("*.json"))[1]
-    data = json.loads(shard.read_text())
-    for r in data["rows"]:
-        del r["risk"]
-    shard.write_text(json.dumps(data))
-    capsys.readouterr()
-    assert depth(out) == 0
-    err = capsys.readouterr().err
-    assert shard.name in err and "columns" in err
-    assert _results(out) == good
-
-
 def test_a_junk_manifest_alone_in_its_folder_is_taken_over(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
@@ -419,3 +410,346 @@ def test_sigterm_ends_like_ctrl_c_and_the_handler_is_restored(tmp_path, capsys, 
     assert depth(tmp_path / "run") == 130
     assert "interrupted; finished shards are kept" in one_error_line(capsys)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+# -- shards edited by hand: the digest and the study's schema (issue 24) --------------------------
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished tiny depth study (results.csv and summary.md as written), copied by each test."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert depth(out) == 0
+    return out
+
+
+def _copy(finished, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    return out
+
+
+def _forge(path, edit, redigest):
+    """Edit a shard's parsed content; with ``redigest`` the forger also recomputes its digest."""
+    from manifold_mixup.shards import shard_digest
+
+    data = json.loads(path.read_text())
+    edit(data)
+    if redigest:
+        data["digest"] = shard_digest(data)
+    path.write_text(json.dumps(data))
+
+
+def _first_digit_changed(data):
+    r = data["rows"][0]
+    text = repr(r["excess_risk_pp"])
+    i = next(j for j, c in enumerate(text) if c.isdigit() and c != "0")
+    r["excess_risk_pp"] = float(text[:i] + str(int(text[i]) % 9 + 1) + text[i + 1:])
+
+
+def _set(column, value):
+    def edit(data):
+        data["rows"][0][column] = value
+    return edit
+
+
+TAMPERING = {
+    "changed digit": _first_digit_changed,
+    "NaN": _set("risk", float("nan")),
+    "negative excess risk": lambda d: d["rows"][0].update(excess_risk_pp=-d["rows"][0]["excess_risk_pp"]),
+    "string": _set("risk", "0.5"),
+    "list": _set("risk", [0.5]),
+    "duplicated row": lambda d: d["rows"].__setitem__(1, dict(d["rows"][0])),
+    "rows of another shard": None,  # filled in the test (it needs the other shard)
+    "no rows": lambda d: d.update(rows=[]),
+    "method": _set("method", "k3"),
+    "K": _set("K", 3),
+    "epoch": _set("epoch", 2),
+}
+
+
+@pytest.mark.parametrize("redigest", [False, True], ids=["digest-stale", "digest-forged"])
+@pytest.mark.parametrize("kind", list(TAMPERING))
+def test_each_kind_of_edited_shard_is_named_and_recomputed(finished, tmp_path, kind, redigest):
+    from manifold_mixup.studies.depth import DepthStudyConfig, check_shard_rows, shards_for
+
+    out = _copy(finished, tmp_path)
+    cfg = DepthStudyConfig.from_settings(strict_load(out / "manifest.json")["settings"])
+    shard, other = shards_for(cfg)[1], shards_for(cfg)[0]
+    path = out / "shards" / f"{shard.key}.json"
+    edit = TAMPERING[kind] or (lambda d: d.update(rows=json.loads((out / "shards" / f"{other.key}.json").read_text())["rows"]))
+    _forge(path, edit, redigest)
+    with ShardStore(out, "depth-study", cfg.settings(), check=check_shard_rows) as store:
+        with pytest.warns(UserWarning, match=re.escape(str(path)) + ".*recomputing it") as w:
+            assert not store.done(shard.key, shard.payload)
+        assert store.done(other.key, other.payload)  # the untouched shard passes
+    why = str(w[0].message)
+    assert ("digest" in why) != redigest or (redigest and "fail the study's check" in why), why
+
+
+@pytest.mark.parametrize("kind", ["changed digit", "method", "duplicated row", "no rows"])
+def test_nothing_edited_reaches_results_or_the_summary(finished, tmp_path, capsys, kind):
+    out = _copy(finished, tmp_path)
+    good, summary = _results(out), (out / "summary.md").read_text()
+    path = sorted((out / "shards").glob("*.json"))[1]
+    _forge(path, TAMPERING[kind], redigest=True)
+    capsys.readouterr()
+    assert depth(out) == 0
+    err = capsys.readouterr().err
+    assert path.name in err and "recomputing it" in err and "Traceback" not in err
+    assert _results(out) == good and (out / "summary.md").read_text() == summary
+
+
+def test_a_confmix_shard_with_an_impossible_accuracy_is_recomputed(tmp_path, capsys):
+    args = ["confmix-study", "--seeds", "1", "--epochs", "1", "--methods", "erm", "input-mixup", "--train-fraction",
+            "0.1", "--out", str(tmp_path), "--no-progress"]
+    assert main(args) == 0
+    summary = (tmp_path / "summary.md").read_text()
+    path = tmp_path / "shards" / "input-mixup-seed000.json"
+    _forge(path, _set("test_acc", 7.5), redigest=True)
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "input-mixup-seed000.json" in err and "test_acc = 7.5 is not a valid value" in err
+    assert (tmp_path / "summary.md").read_text() == summary and "+327" not in summary
+
+
+# -- FIFOs and devices where a shard or the manifest goes: refused by name, without blocking -----
+
+def _cli_in_a_child(out, timeout=120):
+    """The depth study's command in a child process, with a 4 GiB memory cap and a time limit (the
+    old reader blocked forever on a FIFO and read a link to /dev/zero until the memory ran out)."""
+    import resource
+    import subprocess
+    import sys
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+
+    return subprocess.run([sys.executable, "-m", "manifold_mixup.cli", "depth-study", "--out", str(out), *TINY],
+                          capture_output=True, text=True, timeout=timeout, preexec_fn=cap)
+
+
+@pytest.mark.parametrize("what", ["shard", "manifest"])
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_fifo_or_device_in_the_folder_is_refused_by_name(finished, tmp_path, what, kind):
+    out = _copy(finished, tmp_path)
+    good = _results(out)
+    path = sorted((out / "shards").glob("*.json"))[0] if what == "shard" else out / "manifest.json"
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    res = _cli_in_a_child(out)
+    named = f"cannot be read (it is {'a FIFO' if kind == 'fifo' else 'a symbolic link'}, not a regular file; refused)"
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and named in lines[0], res.stderr
+    if what == "shard":  # recomputed in its place
+        assert res.returncode == 0 and "recomputing it" in lines[0] and _results(out) == good and path.is_file()
+    else:
+        assert res.returncode == 2 and "delete it and rerun" in lines[0]
+
+
+# -- every setting, the environment included, is checked before anything is made (issue 24) -------
+
+@pytest.mark.parametrize("value", ["abc", "-3", "\u00b3", "10000"])
+def test_a_bad_thread_variable_is_refused_before_anything_is_made(tmp_path, capsys, monkeypatch, value):
+    monkeypatch.setenv("MANIFOLD_MIXUP_THREADS", value)
+    out = tmp_path / "run"
+    assert depth(out) == 2
+    line = one_error_line(capsys)
+    assert "MANIFOLD_MIXUP_THREADS must be 'auto' or a number of threads" in line and not out.exists()
+    assert main(["spiral-figure", "--out", str(out), *SPIRAL]) == 2
+    assert "MANIFOLD_MIXUP_THREADS" in one_error_line(capsys) and not out.exists()
+
+
+def test_a_bad_matplotlib_backend_is_one_line_naming_the_variable(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "f2.png"
+    res = subprocess.run([sys.executable, "-m", "manifold_mixup.cli", "figure2", "--out", str(out)], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "MPLBACKEND": "nonsense"})
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "MPLBACKEND='nonsense' is not a backend" in lines[0], res.stderr
+    assert not out.exists()
+
+
+def test_a_folder_of_other_files_is_refused_and_nothing_is_made_in_it(tmp_path, capsys):
+    out = tmp_path / "home"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert depth(out) == 2
+    assert "not empty and holds no study manifest" in one_error_line(capsys)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]  # no .lock, no probe, no manifest
+
+
+HUGE = "1" * 400
+NUMERIC = [("depth-study", f) for f in ("--problems-per-k", "--components", "--n-train", "--epochs", "--batch-size",
+                                        "--grid-resolution", "--mmlb-samples", "--problems-per-shard", "--seed", "--ks",
+                                        "--hidden", "--eval-epochs")] + \
+          [("confmix-study", f) for f in ("--seeds", "--epochs", "--batch-size", "--warmup-epochs",
+                                          "--min-steps-per-epoch", "--seed")] + \
+          [("spiral-figure", f) for f in ("--n", "--epochs", "--batch-size", "--resolution", "--seed", "--hidden")] + \
+          [("figure2", "--seed")]
+
+
+@pytest.mark.parametrize("command,flag", NUMERIC, ids=[f"{c} {f}" for c, f in NUMERIC])
+def test_an_absurd_number_is_refused_in_one_short_line(tmp_path, capsys, command, flag):
+    out = tmp_path / ("f.png" if command == "figure2" else "run")
+    assert main([command, "--out", str(out), flag, HUGE]) == 2
+    line = one_error_line(capsys)
+    assert flag.lstrip("-").replace("-", "_").rstrip("s") in line.replace("ks", "K") or "K must" in line, line
+    assert len(line) < 400 and not out.exists()
+
+
+def test_depth_study_mmlb_samples_too_few_for_the_classes_is_refused_before_training(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert depth(out, "--mmlb-samples", "5") == 2  # K = 3 needs 2 mixed points per class
+    line = one_error_line(capsys)
+    assert "mmlb_samples must be an integer in [6, " in line and not out.exists()
+    assert depth(out, "--mmlb-samples", "6") == 0
+
+
+def test_a_figure_never_writes_into_another_studys_folder(finished, tmp_path, capsys):
+    out = _copy(finished, tmp_path)
+    manifest = (out / "manifest.json").read_text()
+    figure = (out / "figure2.png").read_bytes()
+    assert main(["spiral-figure", "--out", str(out), *SPIRAL]) == 2
+    assert "holds results of the study 'depth-study', not 'spiral-figure'" in one_error_line(capsys)
+    assert main(["figure2", "--out", str(out / "figure2.png"), "--seed", "3"]) == 2
+    assert "inside the study folder" in one_error_line(capsys)
+    assert (out / "manifest.json").read_text() == manifest and (out / "figure2.png").read_bytes() == figure
+    assert not (out / "spiral.png").exists()
+    assert depth(out) == 0  # the study still resumes its own folder
+    spiral = tmp_path / "spiral"
+    assert main(["spiral-figure", "--out", str(spiral), *SPIRAL]) == 0
+    capsys.readouterr()
+    assert depth(spiral) == 2
+    assert "holds results of the study 'spiral-figure', not 'depth-study'" in one_error_line(capsys)
+
+
+# -- the lock is held until the last output is written (issue 24) ---------------------------------
+
+def test_the_lock_is_held_until_the_last_output_is_written(tmp_path, monkeypatch):
+    import manifold_mixup.plots as plots
+    from manifold_mixup.shards import StudyInUseError, StudyMismatchError
+
+    out = tmp_path / "run"
+    seen = []
+
+    def a_second_run_meanwhile():
+        try:
+            ShardStore(out, "depth-study", {"another": "run"}).close()
+            seen.append("took the folder")
+        except StudyInUseError:
+            seen.append("in use")
+        except StudyMismatchError:
+            seen.append("took the lock")
+
+    def meanwhile(real):
+        @functools.wraps(real)
+        def write(*a, **k):
+            a_second_run_meanwhile()
+            return real(*a, **k)
+        return write
+
+    monkeypatch.setattr(plots, "figure2", meanwhile(plots.figure2))
+    assert depth(out) == 0  # figure2.png is the depth study's last output
+    monkeypatch.setattr(plots, "plot_decision_grid", meanwhile(plots.plot_decision_grid))
+    out = tmp_path / "spiral"
+    assert main(["spiral-figure", "--out", str(out), *SPIRAL]) == 0
+    assert seen == ["in use", "in use"]
+
+
+# -- interrupts at any moment; no temporary file left; threads and resumes (issue 24) -------------
+
+def test_ctrl_c_during_the_imports_is_held_until_they_are_done(monkeypatch, capsys):
+    import signal
+
+    import manifold_mixup.cli as cli
+
+    real, built = cli._parser, []
+
+    def interrupted_midway():
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while torch and matplotlib are being imported
+        parser = real()
+        built.append(parser)
+        return parser
+
+    monkeypatch.setattr(cli, "_parser", interrupted_midway)
+    assert main(["figure2", "--out", "x.png"]) == 130
+    assert "interrupted" in one_error_line(capsys)
+    assert built and not os.path.exists("x.png")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_after_the_result_is_printed_ends_normally(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "manifold_mixup.cli", "figure2", "--out", str(tmp_path / "f.png")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()  # the result: the work is done
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert json.loads(first)["command"] == "figure2"
+    assert proc.returncode == 0 and err == "", err
+
+
+@pytest.mark.parametrize("command", ["figure2", "spiral-figure"])
+def test_an_interrupt_right_after_a_temporary_file_is_made_leaves_none(tmp_path, capsys, monkeypatch, command):
+    real_open = os.open
+
+    def interrupted(path, flags, *a, **k):
+        fd = real_open(path, flags, *a, **k)
+        if flags & os.O_CREAT and str(path).endswith(".tmp") and ".probe." not in str(path):
+            raise KeyboardInterrupt  # the signal arrives as the call returns: the file exists, no name is known
+        return fd
+
+    monkeypatch.setattr(os, "open", interrupted)
+    out = tmp_path / "out"
+    args = ["figure2", "--out", str(out / "f.png")] if command == "figure2" else ["spiral-figure", "--out", str(out), *SPIRAL]
+    out.mkdir()
+    assert main(args) == 130
+    assert "interrupted" in one_error_line(capsys)
+    assert not [p.name for p in out.rglob("*.tmp")]
+
+
+def test_figure2_removes_the_temporary_file_of_a_killed_run(tmp_path):
+    stale = tmp_path / ".f.png.0123456789abcdef.tmp"  # what a SIGKILL between write and rename leaves
+    stale.write_bytes(b"\x89PNG half")
+    other = tmp_path / ".g.png.0123456789abcdef.tmp"  # another file's: left alone
+    other.write_bytes(b"x")
+    assert main(["figure2", "--out", str(tmp_path / "f.png")]) == 0
+    assert not stale.exists() and other.exists() and (tmp_path / "f.png").exists()
+
+
+def test_a_confmix_resume_under_another_thread_count_is_refused(tmp_path, capsys, monkeypatch):
+    import torch
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    args = ["confmix-study", "--seeds", "1", "--epochs", "1", "--methods", "erm", "input-mixup", "--train-fraction",
+            "0.1", "--out", str(tmp_path), "--no-progress"]
+    old = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("MANIFOLD_MIXUP_THREADS", "1")
+        assert main(args) == 0
+        (tmp_path / "shards" / "input-mixup-seed000.json").unlink()  # an interrupted run
+        capsys.readouterr()
+        monkeypatch.setenv("MANIFOLD_MIXUP_THREADS", "2")
+        assert main(args) == 2
+        line = one_error_line(capsys)
+        assert "computed with 1 torch thread(s) and this run has 2" in line and "MANIFOLD_MIXUP_THREADS=1" in line
+        assert not (tmp_path / "shards" / "input-mixup-seed000.json").exists()
+        monkeypatch.setenv("MANIFOLD_MIXUP_THREADS", "1")
+        assert main(args) == 0
+    finally:
+        torch.set_num_threads(old)

@@ -192,3 +192,136 @@ def test_threads_count_another_study_seen_in_any_look(tmp_path, monkeypatch):
         assert shards_mod.fit_threads_to_load(old) == 1
     finally:
         torch.set_num_threads(old)
+
+
+# -- digests, the rows' schema, regular files only, the thread setting (issue 24) ------------------
+
+def _check_square(payload, rows):
+    from manifold_mixup.shards import check_rows, integer
+
+    i = payload["i"]
+    return check_rows(rows, {"i": integer(i, i), "sq": integer(i * i, i * i)}, ("i",), [(i,)])
+
+
+def test_a_shard_records_its_digest_and_an_edit_is_recomputed_with_a_warning(tmp_path):
+    from manifold_mixup.shards import shard_digest
+
+    with ShardStore(tmp_path, "toy", {"n": 1}) as store:
+        store.save("s0", [{"i": 3, "sq": 9}])
+    data = json.loads((tmp_path / "shards" / "s0.json").read_text())
+    assert data["digest"] == shard_digest(data) and data["digest"].startswith("sha256:")
+    data["rows"][0]["sq"] = 10  # a changed digit
+    (tmp_path / "shards" / "s0.json").write_text(json.dumps(data))
+    with ShardStore(tmp_path, "toy", {"n": 1}) as store:
+        with pytest.warns(UserWarning, match=r"s0.json: its content does not match the SHA-256 digest.*recomputing it"):
+            assert not store.done("s0")
+    del data["digest"]  # a shard of an older version, or an edit that dropped the digest
+    (tmp_path / "shards" / "s0.json").write_text(json.dumps(data))
+    with ShardStore(tmp_path, "toy", {"n": 1}) as store:
+        with pytest.warns(UserWarning, match="carries no content digest"):
+            assert not store.done("s0")
+
+
+@pytest.mark.parametrize("rows,why", [
+    ([{"i": 2, "sq": 5}], r"sq = 5 is not a valid value"),
+    ([{"i": 2, "sq": "4"}], r"sq = '4' is not a valid value"),
+    ([{"i": 2, "sq": [4]}], r"sq = \[4\] is not a valid value"),
+    ([{"i": 2, "sq": True}], r"sq = True is not a valid value"),
+    ([{"i": 2, "sq": 4}, {"i": 2, "sq": 4}], r"the row \{'i': 2\} appears more than once"),
+    ([{"i": 3, "sq": 9}], r"row 0: i = 3"),
+    ([], r"1 expected row\(s\) missing"),
+    ([{"i": 2, "sq": 4, "x": 1}], r"row 0 has columns"),
+], ids=["value", "string", "list", "bool", "duplicate", "foreign", "empty", "column"])
+def test_a_forged_shard_whose_rows_fail_the_schema_is_recomputed(tmp_path, rows, why):
+    # the digest recomputed by the forger: the study's own check still refuses the rows
+    from manifold_mixup.shards import shard_digest
+
+    payload = {"i": 2}
+    with ShardStore(tmp_path, "toy", {}, check=_check_square) as store:
+        store.save("s", [{"i": 2, "sq": 4}], payload)
+        assert store.done("s", payload)
+        record = {"key": "s", "fingerprint": store.fingerprint, "threads": None, "rows": rows}
+        record["digest"] = shard_digest(record)
+        store.path("s").write_text(json.dumps(record))
+        with pytest.warns(UserWarning, match="its rows fail the study's check .*" + why):
+            assert not store.done("s", payload)
+        with pytest.raises(StudyMismatchError, match="fail the study's check"):
+            store.load("s", payload)
+        with pytest.raises(RuntimeError, match="the worker's rows fail the study's check"):
+            store.save("s", rows, payload)  # a worker's wrong rows are never written
+
+
+def test_check_rows_numbers_are_finite_and_in_range():
+    from manifold_mixup.shards import check_rows, integer, one_of, real
+
+    cols = {"x": real(0, 1), "y": real(0, nan=True), "n": integer(0, 5), "m": one_of(["a", "b"])}
+    good = {"x": 0.5, "y": float("nan"), "n": 1, "m": "a"}
+    assert check_rows([good], cols, ("n",), [(1,)]) is None
+    for bad in ({"x": float("nan")}, {"x": float("inf")}, {"x": -0.1}, {"y": -1.0}, {"n": 1.0}, {"n": 10**400},
+                {"m": "c"}, {"m": None}, {"x": None}):
+        assert "is not a valid value" in check_rows([{**good, **bad}], cols, ("n",), [(1,)])
+    assert "not in the order" in check_rows([{**good, "n": 2}, good], cols, ("n",), [(1,), (2,)])
+
+
+def _read_in_a_child(path, timeout=30):
+    """read_json in a child process with a 1 GiB memory cap and a time limit: the old reader hung
+    on a FIFO and read a link to /dev/zero until the memory ran out."""
+    import resource
+    import subprocess
+    import sys
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+
+    code = ("import sys; from pathlib import Path; from manifold_mixup.shards import read_json, UnreadableFileError\n"
+            "try:\n    read_json(Path(sys.argv[1]), 'shard')\nexcept UnreadableFileError as e:\n    print(e)\n")
+    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=cap)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "folder"])
+def test_only_regular_files_are_read_and_never_block(tmp_path, kind):
+    import os
+
+    p = tmp_path / "K2.json"
+    if kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "dev-zero":
+        p.symlink_to("/dev/zero")
+    else:
+        p.mkdir()
+    res = _read_in_a_child(p)
+    what = {"fifo": "a FIFO", "dev-zero": "a symbolic link", "folder": "a folder"}[kind]
+    assert res.returncode == 0 and res.stdout.strip() == f"shard {p} cannot be read (it is {what}, not a regular file; refused)"
+
+
+def test_a_file_larger_than_the_bound_is_refused(tmp_path, monkeypatch):
+    from manifold_mixup.shards import UnreadableFileError, read_bytes, read_json
+
+    p = tmp_path / "big.json"
+    p.write_text(json.dumps({"rows": [0] * 1000}))
+    with pytest.raises(UnreadableFileError, match="holds more than 100 bytes"):
+        read_bytes(p, "shard", limit=100)
+    assert read_json(p, "shard") == {"rows": [0] * 1000}
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)  # parses to a RecursionError: one line, no traceback
+    with pytest.raises(UnreadableFileError, match="RecursionError"):
+        read_json(deep, "shard")
+
+
+@pytest.mark.parametrize("value", ["abc", "-3", "\u00b3", "10000", "0", "1" * 400, "1.5"])
+def test_the_thread_variable_is_checked_and_named(monkeypatch, value):
+    from manifold_mixup.shards import thread_setting
+
+    monkeypatch.setenv("MANIFOLD_MIXUP_THREADS", value)
+    with pytest.raises(ValueError, match=r"^MANIFOLD_MIXUP_THREADS must be 'auto' or a number of threads from 1 to \d+") as e:
+        thread_setting()
+    assert len(str(e.value)) < 200
+
+
+def test_the_thread_variable_accepts_auto_a_number_and_nothing(monkeypatch):
+    from manifold_mixup.shards import thread_setting
+
+    for value, want in (("", None), (" AUTO ", "auto"), ("1", 1)):
+        monkeypatch.setenv("MANIFOLD_MIXUP_THREADS", value)
+        assert thread_setting() == want

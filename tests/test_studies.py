@@ -97,7 +97,7 @@ def test_figure_commands_write_pngs(tmp_path, capsys):
     assert set(acc) == {"ERM", "input mixup (k = 0)", "manifold mixup, k = 1", "manifold mixup, k = 2", "manifold mixup, k = 3"}
     assert (tmp_path / "s" / "spiral.png").read_bytes()[:4] == b"\x89PNG"
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
-    assert manifest["train_accuracy"] == acc and manifest["settings"]["epochs"] == 1 and manifest["machines"][0]["cpu"]
+    assert manifest["derived"]["train_accuracy"] == acc and manifest["settings"]["epochs"] == 1 and manifest["machines"][0]["cpu"]
     assert main(["figure2", "--out", str(tmp_path / "f2.png")]) == 0
     assert (tmp_path / "f2.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -190,12 +190,21 @@ def _spiral(a) -> dict:
 
 
 def _figure2(a) -> dict:
+    from pathlib import Path
+
     from .plots import figure2
+    from .shards import remove_stale_temp
     from .studies.report import check_int
 
     if a.seed is not None:
         check_int("seed", a.seed, 0, 2**32 - 2)
-    figure2(a.out, **_given(a, "seed"))
+    out = Path(a.out)
+    for folder in (out.parent, out.parent.parent):  # a study's folder (or its shards folder) is the study's alone
+        if os.path.lexists(folder / "manifest.json"):
+            raise ValueError(f"--out {a.out} is inside the study folder {folder}: figure2 never writes into a "
+                             "study's folder; choose a path outside it")
+    remove_stale_temp(out)
+    figure2(out, **_given(a, "seed"))
     return {"written": str(a.out)}
 
 
@@ -220,6 +229,21 @@ def _os_message(e: OSError) -> str:
     return f"{where}{what}" + (f"; {todo}" if todo else "")
 
 
+def _check_environment() -> None:
+    """The environment variables the commands read, checked before anything is made (one line each)."""
+    from .shards import thread_setting
+
+    thread_setting()
+    backend = os.environ.get("MPLBACKEND", "")
+    if backend and "matplotlib" not in sys.modules:
+        try:
+            import matplotlib  # noqa: F401  (it reads MPLBACKEND when imported)
+        except ValueError:
+            shown = backend if len(backend) <= 40 else backend[:37] + "..."
+            raise ValueError(f"MPLBACKEND={shown!r} is not a backend matplotlib knows; unset it (the figures are "
+                             "drawn with matplotlib's Agg canvas whatever it says) or give one such as 'agg'") from None
+
+
 def _one_line_warnings(command: str) -> None:
     import warnings
 
@@ -229,32 +253,57 @@ def _one_line_warnings(command: str) -> None:
     warnings.showwarning = show
 
 
-def main(argv: list[str] | None = None) -> int:
+_SIGNALS = ("SIGINT", "SIGTERM")
+
+
+def _handle_interrupts(handler) -> dict:
+    """Set ``handler`` for Ctrl-C and SIGTERM (main thread only); return the previous handlers."""
     import signal
     import threading
 
-    added = [k for k in THREADING_ENV if k not in os.environ]
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {name: signal.signal(getattr(signal, name), handler) for name in _SIGNALS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. Ctrl-C or SIGTERM at any moment ends in one line (exit 130) or, after
+    the command's work is done, in its normal exit: during start-up (imports, parsing) an
+    interrupt is held until the imports are complete, and then raised; once the result is printed,
+    a process started from the command line ignores them (nothing is left to stop)."""
+    import signal
+
+    held: list[int] = []
+    previous = _handle_interrupts(lambda signum, frame: held.append(signum))  # an interrupt inside torch's
+    added = [k for k in THREADING_ENV if k not in os.environ]                 # import can abort the process
     for k in added:
         os.environ[k] = THREADING_ENV[k]
-    previous = None
-    if threading.current_thread() is threading.main_thread():  # SIGTERM (a scheduler, `timeout`) ends like Ctrl-C
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        return _main(argv)
+        return _main(argv, held)
     finally:  # main() called from Python leaves the environment and the signal handlers as it found them
         for k in added:
             os.environ.pop(k, None)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if argv is None:  # the process ends next: an interrupt now must not break its exit
+            _handle_interrupts(signal.SIG_IGN)
+        else:
+            for name, handler in previous.items():
+                signal.signal(getattr(signal, name), handler)
 
 
-def _main(argv: list[str] | None) -> int:
+def _main(argv: list[str] | None, held: list[int]) -> int:
+    import signal
+
     given = sys.argv[1:] if argv is None else argv
     command = next((a for a in given if a in ("depth-study", "confmix-study", "spiral-figure", "figure2")), "")
     try:
         import json
         import time
 
+        try:
+            _check_environment()  # before the imports: matplotlib refuses a bad MPLBACKEND with a traceback
+        except ValueError as e:
+            print(f"manifold-mixup{' ' + command if command else ''}: error: {e}", file=sys.stderr)
+            return 2
         parser = _parser()
         args = parser.parse_args(argv)
         command = args.command
@@ -262,6 +311,9 @@ def _main(argv: list[str] | None) -> int:
         from .shards import StudyMismatchError
 
         run = {"depth-study": _depth, "confmix-study": _confmix, "spiral-figure": _spiral, "figure2": _figure2}[command]
+        _handle_interrupts(signal.default_int_handler)  # the imports are done: Ctrl-C and SIGTERM stop the work
+        if held:
+            raise KeyboardInterrupt
         t0 = time.perf_counter()
         try:
             result = run(args)
@@ -278,9 +330,12 @@ def _main(argv: list[str] | None) -> int:
             print(f"manifold-mixup {command}: error: out of memory ({text.splitlines()[0][:200]}); use smaller "
                   "settings (e.g. fewer problems per shard, narrower models); finished shards are kept", file=sys.stderr)
             return 2
+        if argv is None:  # the work is done and written: the process only prints and exits
+            _handle_interrupts(signal.SIG_IGN)
         print(json.dumps({"command": command, "seconds": round(time.perf_counter() - t0, 1), "result": result}))
         return 0
     except KeyboardInterrupt:
+        _handle_interrupts(signal.SIG_IGN if argv is None else (lambda signum, frame: None))  # one line, once
         print(f"manifold-mixup{' ' + command if command else ''}: interrupted; finished shards are kept, rerun the same "
               "command to resume", file=sys.stderr)
         return 130

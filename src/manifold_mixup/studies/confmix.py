@@ -20,6 +20,7 @@ from ..data import DATASETS, load_dataset
 from ..models import PAPER_CNN_MIX_LAYER, paper_cnn
 from ..policies import AlphaPolicy, ConfMix, Constant, HalfConfMix, RampDown, RampUp
 from ..shards import Shard, ShardList, run_study, write_atomic
+from ..shards import COUNT_MAX, check_rows, integer, one_of, real
 from ..stats import mean_interval
 from ..train import accuracy, train_classifier
 from ..devices import resolve_device
@@ -117,7 +118,6 @@ class ConfMixStudyConfig:
             raise ValueError(f"train_fraction {self.train_fraction} leaves {n} training images: too few for "
                              f"{self.min_steps_per_epoch} steps of at least 2 images per epoch")
         return data
-
 
 
 #: Named settings; every flag replaces one field. ``paper``: the paper's protocol (DESIGN.md; with
@@ -221,6 +221,22 @@ def _run_in_processes(out: Path, study: str, settings: dict, shards: ShardList, 
         pool.join()
 
 
+def check_shard_rows(payload: dict, rows: list) -> str | None:
+    """Why ``rows`` are not what :func:`train_one` returns for ``payload``, or None: one row of this
+    (method, seed), accuracies in [0, 1], a policy history of finite numbers (an edited shard is recomputed)."""
+    epochs = payload["config"]["epochs"]
+    p01 = real(0.0, 1.0)
+    step = {"epoch": real(0, epochs), "mean_alpha": real(0.0, ALPHA_MAX), "mean_lambda": p01,
+            "mean_partner_weight": real(0.0, 0.5), "rows": integer(0, COUNT_MAX)}
+    history = lambda v: isinstance(v, list) and len(v) <= epochs and all(  # noqa: E731
+        isinstance(h, dict) and sorted(h) == sorted(step) and all(ok(h[k]) for k, ok in step.items()) for h in v)
+    columns = {"method": one_of([payload["method"]]), "seed": integer(payload["seed"], payload["seed"]), "test_acc": p01,
+               "train_acc": p01, "final_loss": real(0.0, nan=True), "policy": history}
+    if rows and isinstance(rows[0], dict) and "test_acc_per_epoch" in rows[0]:
+        columns["test_acc_per_epoch"] = lambda v: isinstance(v, list) and len(v) == epochs and all(map(p01, v))
+    return check_rows(rows, columns, ("method", "seed"), [(payload["method"], payload["seed"])])
+
+
 def shards_for(cfg: ConfMixStudyConfig) -> ShardList:
     """One shard per (seed, method), seed-major, made on demand."""
     config = {**asdict(cfg), "methods": list(cfg.methods)}
@@ -321,12 +337,17 @@ def run_confmix_study(cfg: ConfMixStudyConfig, out: str | Path, executor: str = 
                       "their warm-up and train exactly as ERM", stacklevel=2)
     out = Path(out)
     info = {"n_train": n_train, "batch_size_used": cfg.batch_for(n_train), "steps_per_epoch": _steps(cfg, n_train)}
-    rows = study(out, "confmix-study", cfg.settings(), shards_for(cfg), train_one, info=info, executor=executor,
+
+    def finish(rows: list[dict]) -> dict:  # the outputs, written while the study still holds its folder's lock
+        write_csv(out / "results.csv", [{k: v for k, v in r.items() if k not in ("policy", "test_acc_per_epoch")}
+                                        for r in rows])
+        text, table = summarise(cfg, rows, n_train)
+        write_atomic(out / "summary.md", text)
+        plot_alpha_trajectories(rows, out / "alpha.png")
+        return {"rows": rows, "table": table}
+
+    return study(out, "confmix-study", cfg.settings(), shards_for(cfg), train_one, info=info, executor=executor,
                      address=address, progress=progress, desc="confmix study",
                      gpus_per_task=1 if resolve_device(cfg.device).type == "cuda" else 0,
-                     adapt_threads=False)  # the CNN's numbers depend on the thread count: keep them fixed
-    write_csv(out / "results.csv", [{k: v for k, v in r.items() if k not in ("policy", "test_acc_per_epoch")} for r in rows])
-    text, table = summarise(cfg, rows, n_train)
-    write_atomic(out / "summary.md", text)
-    plot_alpha_trajectories(rows, out / "alpha.png")
-    return {"rows": rows, "table": table}
+                     adapt_threads=False,  # the CNN's numbers depend on the thread count: keep them fixed
+                     check=check_shard_rows, finish=finish)

@@ -18,7 +18,7 @@ import torch
 
 from ..devices import resolve_device
 from ..ensemble import SGD_MOMENTUM, EnsembleConfig, EnsembleParams, MemberSpec, predict_ensemble, train_ensemble
-from ..shards import Shard, ShardList, run_study, write_atomic
+from ..shards import COUNT_MAX, Shard, ShardList, check_rows, integer, one_of, real, run_study, write_atomic
 from ..stats import paired_bootstrap, spearman, wilcoxon_p
 from ..toy import DEFAULT_MEAN_RANGE, DEFAULT_SIGMA_RANGE, GaussianMixtureProblem
 
@@ -63,8 +63,8 @@ class DepthStudyConfig:
     def __post_init__(self) -> None:
         from .report import ALPHA_MAX, check_choices, check_int, check_range, check_real, check_unique
 
-        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
-            raise ValueError(f"hidden must be one or more integer widths >= 1; got {list(self.hidden)}")
+        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or not 1 <= h <= COUNT_MAX for h in self.hidden):
+            raise ValueError(f"hidden must be one or more integer widths in [1, {COUNT_MAX}]; got {list(self.hidden)}"[:300])
         valid = method_names(len(self.hidden))
         bad = [m for m in self.methods if m not in valid]
         if bad:
@@ -72,11 +72,12 @@ class DepthStudyConfig:
         if "baseline" not in self.methods:
             raise ValueError("methods must include 'baseline' (ERM), the reference of every comparison")
         check_unique("methods", self.methods)
-        if not self.ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 2 for k in self.ks):
-            raise ValueError(f"every K must be an integer >= 2; got ks={list(self.ks)}")
+        if not self.ks or any(isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= COUNT_MAX for k in self.ks):
+            raise ValueError(f"every K must be an integer >= 2 (and <= {COUNT_MAX}); got ks={list(self.ks)}"[:300])
         check_unique("ks", self.ks)
-        for name in ("problems_per_k", "components", "n_train", "epochs", "problems_per_shard", "mmlb_samples"):
+        for name in ("problems_per_k", "components", "n_train", "epochs", "problems_per_shard"):
             check_int(name, getattr(self, name), 1)
+        check_int("mmlb_samples", self.mmlb_samples, 2 * max(self.ks))  # two mixed points per class at least
         check_int("batch_size", self.batch_size, 2)  # mixing pairs rows
         check_int("grid_resolution", self.grid_resolution, 8, 4096)
         check_int("seed", self.seed, 0, 2**32 - 1)
@@ -88,7 +89,7 @@ class DepthStudyConfig:
         check_range("mean_range", self.mean_range)
         check_range("sigma_range", self.sigma_range, positive=True)
         if any(isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= self.epochs for e in self.eval_epochs):
-            raise ValueError(f"eval_epochs must be integers in 1..epochs = {self.epochs}; got {list(self.eval_epochs)}")
+            raise ValueError(f"eval_epochs must be integers in 1..epochs = {self.epochs}; got {list(self.eval_epochs)}"[:300])
         check_unique("eval_epochs", self.eval_epochs)
 
     @property
@@ -179,6 +180,39 @@ def depth_shard(payload: dict) -> list[dict]:
                     "mmlb_seed": seeds["mmlb"],
                 })
     return rows
+
+
+def check_shard_rows(payload: dict, rows: list) -> str | None:
+    """Why ``rows`` are not what :func:`depth_shard` returns for ``payload``, or None: the types
+    and ranges of every column, each problem x evaluated epoch x method once, in order, the seeds
+    of each problem, and risk - Bayes risk = excess risk (a shard edited by hand is recomputed)."""
+    cfg = DepthStudyConfig.from_settings(payload["config"])
+    k, start, stop = payload["k"], payload["start"], payload["stop"]
+    p01, seed = real(0.0, 1.0), integer(0, 2**32 - 1)
+    columns = {"K": integer(k, k), "N": integer(cfg.components, cfg.components), "problem": integer(start, stop - 1),
+               "sigma": real(*cfg.sigma_range), "bayes_risk": p01, "mmlb": p01, "mmlb_stderr": p01, "normalised_mmlb": p01,
+               "normalised_mmlb_stderr": p01, "method": one_of(cfg.methods), "epoch": one_of(cfg.evaluated_epochs),
+               "risk": p01, "excess_risk_pp": real(0.0, 100.0), "excess_risk_rel_pct": real(0.0, nan=True),
+               "problem_seed": seed, "data_seed": seed, "model_seed": seed, "mmlb_seed": seed}
+    expected = [(i, e, m) for i in range(start, stop) for e in cfg.evaluated_epochs for m in cfg.methods]
+    why = check_rows(rows, columns, ("problem", "epoch", "method"), expected)
+    if why is not None:
+        return why
+    shared = ("sigma", "bayes_risk", "mmlb", "mmlb_stderr", "normalised_mmlb", "normalised_mmlb_stderr")
+    first = {}
+    for r in rows:
+        i, e = r["problem"], r["excess_risk_pp"] / 100
+        seeds = problem_seeds(cfg.seed, k, i)
+        if any(r[f"{name}_seed"] != v for name, v in seeds.items()):
+            return f"problem {i}: its seeds are not those of problem {i}"
+        if tuple(r[c] for c in shared) != first.setdefault(i, tuple(r[c] for c in shared)):
+            return f"problem {i}: its rows disagree on {list(shared)}"
+        if abs(r["risk"] - r["bayes_risk"] - e) > 1e-9:
+            return f"problem {i}, {r['method']}, epoch {r['epoch']}: risk - bayes_risk != excess_risk_pp / 100"
+        rel = r["excess_risk_rel_pct"]
+        if (rel != rel) != (r["bayes_risk"] == 0) or (rel == rel and abs(rel - 100 * e / r["bayes_risk"]) > 1e-9 * max(1.0, rel)):
+            return f"problem {i}, {r['method']}, epoch {r['epoch']}: excess_risk_rel_pct != 100 excess / bayes_risk"
+    return None
 
 
 def shards_for(cfg: DepthStudyConfig, device: str = "cpu") -> ShardList:
@@ -381,15 +415,19 @@ def run_depth_study(cfg: DepthStudyConfig, out: str | Path, *, executor: str = "
     if dev.type == "cpu" and estimated_cpu_seconds(cfg) > 3600:
         warnings.warn(f"this study is estimated to take about {estimated_cpu_seconds(cfg) / 3600:.1f} hours on this CPU "
                       f"({torch.get_num_threads()} thread(s)); finished shards are kept if you stop it", stacklevel=2)
-    rows = run_study(out, "depth-study", cfg.settings(), shards_for(cfg, device), depth_shard, executor=executor,
-                     address=address, progress=progress, desc="depth study", gpus_per_task=1 if dev.type == "cuda" else 0)
-    write_csv(out / "results.csv", rows)
-    text, numbers = summarise(cfg, rows)
-    write_atomic(out / "summary.md", text)
-    plot_excess_by_quartile(numbers["figure3"], out / "figure3.png")
-    plot_difference_over_epochs(numbers["difference_over_epochs"], out / "figure_epochs.png")
-    figure2(out / "figure2.png", seed=cfg.seed)
-    return {"rows": rows, **numbers}
+
+    def finish(rows: list[dict]) -> dict:  # the outputs, written while the study still holds its folder's lock
+        write_csv(out / "results.csv", rows)
+        text, numbers = summarise(cfg, rows)
+        write_atomic(out / "summary.md", text)
+        plot_excess_by_quartile(numbers["figure3"], out / "figure3.png")
+        plot_difference_over_epochs(numbers["difference_over_epochs"], out / "figure_epochs.png")
+        figure2(out / "figure2.png", seed=cfg.seed)
+        return {"rows": rows, **numbers}
+
+    return run_study(out, "depth-study", cfg.settings(), shards_for(cfg, device), depth_shard, executor=executor,
+                     address=address, progress=progress, desc="depth study", gpus_per_task=1 if dev.type == "cuda" else 0,
+                     check=check_shard_rows, finish=finish)
 
 
 def preset(name: str, **overrides) -> DepthStudyConfig:

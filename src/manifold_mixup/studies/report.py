@@ -10,7 +10,7 @@ import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..shards import write_atomic
+from ..shards import COUNT_MAX, write_atomic
 
 __all__ = ["write_csv", "check_int", "check_real", "check_range", "check_choices", "check_unique", "ALPHA_MAX"]
 
@@ -28,22 +28,31 @@ def write_csv(path: str | Path, rows: list[dict]) -> None:
     write_atomic(Path(path), buf.getvalue())
 
 
+def _short(value: object) -> str:
+    """``repr(value)`` cut to 60 characters (a 400-digit number makes no 400-character message)."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
+
+
 def check_int(name: str, value: object, low: int, high: int | None = None) -> None:
-    """``value`` must be an int (not a bool) in [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or (
-            high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an integer {allowed}; got {value!r}")
+    """``value`` must be an int (not a bool) in [low, high]; ``high`` defaults to ``COUNT_MAX``
+    (2**31 - 1: any larger count is a typo, and would overflow later, deep in the work)."""
+    high = COUNT_MAX if high is None else high
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}]; got {_short(value)}")
 
 
 def check_real(name: str, value: object, low: float, high: float = math.inf, *, low_open: bool = False) -> None:
     """``value`` must be a finite real number in [low, high] (or (low, high] with ``low_open``)."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and (
-        value > low if low_open else value >= low) and value <= high
+    try:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and (
+            value > low if low_open else value >= low) and value <= high
+    except OverflowError:  # an int too large for a float
+        ok = False
     if not ok:
         lo = f"> {low:g}" if low_open else f">= {low:g}"
         hi = "" if high == math.inf else f" and <= {high:g}"
-        raise ValueError(f"{name} must be a finite number {lo}{hi}; got {value!r}")
+        raise ValueError(f"{name} must be a finite number {lo}{hi}; got {_short(value)}")
 
 
 def check_range(name: str, value: Sequence, *, positive: bool = False) -> None:

@@ -31,6 +31,7 @@ class SpiralConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        from ..shards import COUNT_MAX
         from .report import ALPHA_MAX, check_int, check_real
 
         for name in ("n", "epochs"):
@@ -42,17 +43,27 @@ class SpiralConfig:
         check_real("turns", self.turns, 0, low_open=True)
         check_real("lr", self.lr, 0, low_open=True)
         check_real("alpha", self.alpha, 0, ALPHA_MAX, low_open=True)
-        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
-            raise ValueError(f"hidden must be one or more integer widths >= 1; got {list(self.hidden)}")
+        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or not 1 <= h <= COUNT_MAX
+                                  for h in self.hidden):
+            raise ValueError(f"hidden must be one or more integer widths in [1, {COUNT_MAX}]; got {list(self.hidden)}"[:300])
 
 
 def run_spiral_figure(cfg: SpiralConfig, out: str | Path) -> dict:
     """Train ERM and mixing at k = 0..depth, write ``spiral.png`` and ``manifest.json`` (settings,
-    accuracies, versions, the machine) into ``out``; return the settings and accuracies."""
-    from ..plots import plot_decision_grid
-    from ..shards import _versions, ensure_dir, machine_info, strict_json, write_atomic
+    versions, the machine, and under ``derived`` the accuracies) into ``out``; return the settings
+    and accuracies. The folder is held like a study's (:class:`ShardStore`: its lock until the last
+    file is written; a folder of another study, or of other settings with a figure, is refused)."""
+    from ..shards import ShardStore, thread_setting
 
-    out = ensure_dir(out)  # an unusable folder fails now, not after the training
+    thread_setting()  # the environment is checked before anything is made
+    with ShardStore(out, "spiral-figure", asdict(cfg)) as store:  # an unusable folder fails now, not after the training
+        return _draw(cfg, store)
+
+
+def _draw(cfg: SpiralConfig, store) -> dict:
+    from ..plots import plot_decision_grid
+
+    out = store.dir
     x, y = spiral(cfg.n, cfg.seed, noise=cfg.noise, turns=cfg.turns)
     lim = float(x.abs().max()) * 1.1
     axis = torch.linspace(-lim, lim, cfg.resolution)
@@ -73,8 +84,5 @@ def run_spiral_figure(cfg: SpiralConfig, out: str | Path) -> dict:
             labels = model.eval()(points).argmax(-1).reshape(cfg.resolution, cfg.resolution)
         panels.append((f"{name}\ntrain acc {100 * acc[name]:.1f}%", None, labels.numpy()))
     plot_decision_grid(panels, x.numpy(), y.numpy(), (-lim, lim, -lim, lim), out / "spiral.png")
-    result = {"config": asdict(cfg), "train_accuracy": acc}
-    write_atomic(out / "manifest.json", strict_json({"study": "spiral-figure", "settings": result["config"],
-                                                     "train_accuracy": acc, "versions": _versions(),
-                                                     "machines": [machine_info()]}, "the manifest", indent=2) + "\n")
-    return result
+    store.record({"train_accuracy": acc})
+    return {"config": asdict(cfg), "train_accuracy": acc}
