@@ -753,3 +753,23 @@ def test_a_confmix_resume_under_another_thread_count_is_refused(tmp_path, capsys
         assert main(args) == 0
     finally:
         torch.set_num_threads(old)
+
+
+def test_confmix_shards_trained_in_worker_processes_record_the_workers_threads(tmp_path, capsys, monkeypatch):
+    import torch
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    args = ["confmix-study", "--seeds", "1", "--epochs", "1", "--methods", "erm", "input-mixup", "--train-fraction",
+            "0.1", "--out", str(tmp_path), "--no-progress"]
+    old = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("MANIFOLD_MIXUP_THREADS", "2")
+        assert main([*args, "--workers", "2"]) == 0  # two processes, one thread each
+        assert {json.loads(p.read_text())["threads"] for p in (tmp_path / "shards").glob("*.json")} == {1}
+        (tmp_path / "shards" / "input-mixup-seed000.json").unlink()
+        capsys.readouterr()
+        assert main(args) == 2  # in this process, with its 2 threads: refused, not mixed
+        assert "computed with 1 torch thread(s) and this run has 2" in one_error_line(capsys)
+    finally:
+        torch.set_num_threads(old)

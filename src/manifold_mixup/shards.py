@@ -775,6 +775,7 @@ def run_shards(
     desc: str = "shards",
     gpus_per_task: float = 0,
     adapt_threads: bool = True,
+    shard_threads: int | None = None,
 ) -> list[dict]:
     """Run every unfinished shard through ``worker(payload) -> rows``, save each as it finishes,
     and return all rows in shard order. Shards are read one at a time from ``shards`` (a list or
@@ -783,7 +784,9 @@ def run_shards(
     ``adapt_threads``: False for studies whose numbers depend on the thread count (the ConfMix
     study's convolutions): ``MANIFOLD_MIXUP_THREADS=auto`` then leaves torch's threads as they are,
     so that a rerun gives the same numbers whatever the load (a number still sets them), and a
-    resume with another thread count than the finished shards' is refused (each shard records it)."""
+    resume with another thread count than the finished shards' is refused (each shard records it).
+    ``shard_threads``: the torch threads each shard runs with when not this process's (a ``worker``
+    that hands the shards to a pool of processes), recorded and compared in their place."""
     check_executor(executor, address)
     _unique_keys(shards)
     from tqdm.auto import tqdm
@@ -795,7 +798,7 @@ def run_shards(
         if executor == "local":
             import torch  # the study's numbers depend on torch's threads: they are recorded and compared
 
-        _refuse_other_threads(store, shards, _torch_threads() if executor == "local" else 1)
+        _refuse_other_threads(store, shards, (shard_threads or _torch_threads()) if executor == "local" else 1)
     bar = tqdm(total=len(shards), desc=desc, unit="shard", disable=not progress, smoothing=0.1)
     if policy is not None and policy < 0:
         import torch
@@ -806,7 +809,7 @@ def run_shards(
                     if policy is not None and policy < 0:
                         fit_threads_to_load(-policy)
                     rows = worker(s.payload)
-                    store.save(s.key, rows, s.payload, threads=_torch_threads())
+                    store.save(s.key, rows, s.payload, threads=shard_threads or _torch_threads())
                 bar.update(1)
         else:
             _run_ray(store, shards, worker, address, bar, gpus_per_task)
@@ -822,7 +825,7 @@ def run_study(out_dir: str | os.PathLike, study: str, settings: dict, shards: Se
               check: Callable[[dict, list], str | None] | None = None,
               finish: Callable[[list[dict]], Any] | None = None, **kwargs) -> Any:
     """Open the study's :class:`ShardStore` (locking ``out_dir``), run its shards through
-    :func:`run_shards` (``kwargs``: executor, address, progress, desc, gpus_per_task, adapt_threads)
+    :func:`run_shards` (``kwargs``: executor, address, progress, desc, gpus_per_task, adapt_threads, shard_threads)
     and return all rows, or ``finish(rows)`` when given: it writes the study's outputs while the
     lock is still held, so that no second run can start before the last output is written.
     The executor, the address and ``MANIFOLD_MIXUP_THREADS`` are checked before anything is

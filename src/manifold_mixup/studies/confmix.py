@@ -213,7 +213,7 @@ def _run_in_processes(out: Path, study: str, settings: dict, shards: ShardList, 
     pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_set_threads, initargs=(threads,))
     try:
         ahead = _Lookahead(pool, shards, lambda key: (out / "shards" / f"{key}.json").exists(), 2 * workers)
-        result = run_study(out, study, settings, shards, ahead, **kwargs)
+        result = run_study(out, study, settings, shards, ahead, shard_threads=threads, **kwargs)
         pool.close()
         return result
     finally:
