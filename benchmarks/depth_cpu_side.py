@@ -2,6 +2,7 @@
 
     python benchmarks/depth_cpu_side.py                          # paper preset, 2 problems per K
     python benchmarks/depth_cpu_side.py --problems-per-k 1 --epochs 5 --profile /tmp/depth.prof
+    python benchmarks/depth_cpu_side.py --compare /path/to/old/src --repeats 3   # old and new code, same run
 
 Runs ``run_depth_study`` in this process on the ``paper`` preset with some settings replaced (by
 default 2 problems for each K in {2, 3, 4, 5}, all on one shard per K: 40 trainings of the
@@ -26,6 +27,12 @@ shard runner, manifests, rows).
 modules, torch's optimisers and ``torch._dynamo``, which the first optimiser imports) is timed
 before the study and reported apart. ``results_sha256`` is the SHA-256 of results.csv: the same
 settings on the same machine must give the same value before and after any change to this path.
+
+``--compare OLD_SRC`` runs the study ``--repeats`` times with the package at ``OLD_SRC`` (a ``src``
+folder, e.g. from ``git archive``) and with this checkout's, alternating, each in a fresh process,
+and prints one JSON line per run and a summary: each version's median seconds per category, the
+median of the per-round ratios new / old of the time outside training, and whether every run's
+results.csv was the same.
 """
 
 from __future__ import annotations
@@ -35,7 +42,11 @@ import functools
 import hashlib
 import inspect
 import json
+import os
 import platform
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -82,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="study folder (default: a temporary one)")
     ap.add_argument("--profile", default=None, help="also write a cProfile of the study to this file")
+    ap.add_argument("--compare", default=None, metavar="OLD_SRC", help="also run the package in this src folder")
+    ap.add_argument("--repeats", type=int, default=2, help="rounds of --compare (old then new in each)")
     args = ap.parse_args(argv)
+    if args.compare:
+        return _compare(args, [a for a in (argv if argv is not None else sys.argv[1:])])
 
     t0 = time.perf_counter()
     import torch
@@ -140,7 +155,59 @@ def main(argv: list[str] | None = None) -> int:
         "results_sha256": digest,
         "torch_num_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "source": str(Path(depth.__file__).parents[2]),
         "machine": f"{platform.machine()} {platform.processor()}".strip(),
+    }))
+    return 0
+
+
+def _strip(argv: list[str], flag: str, values: int) -> list[str]:
+    out, skip = [], 0
+    for a in argv:
+        if skip:
+            skip -= 1
+        elif a == flag:
+            skip = values
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
+
+
+def _compare(args, argv: list[str]) -> int:
+    """Old and new code alternating in fresh processes; per-round ratios of the time outside training."""
+    new_src = str(Path(__file__).resolve().parents[1] / "src")
+    base = _strip(_strip(_strip(argv, "--compare", 1), "--repeats", 1), "--out", 1)
+    runs: dict[str, list[dict]] = {"old": [], "new": []}
+    for _ in range(args.repeats):
+        for version, src in (("old", args.compare), ("new", new_src)):
+            env = {**os.environ, "PYTHONPATH": src}
+            res = subprocess.run([sys.executable, __file__, *base], env=env, capture_output=True, text=True, check=True)
+            row = json.loads(res.stdout.strip().splitlines()[-1])
+            row["version"] = version
+            print(json.dumps(row), flush=True)
+            runs[version].append(row)
+
+    def med(version: str, key: str) -> float:
+        return round(statistics.median(r[key] for r in runs[version]), 3)
+
+    def cats(version: str) -> dict:
+        names = {k for r in runs[version] for k in r["seconds"]}
+        return {k: round(statistics.median(r["seconds"].get(k, 0.0) for r in runs[version]), 3)
+                for k in sorted(names, key=lambda k: -runs[version][0]["seconds"].get(k, 0.0))}
+
+    ratios = [n["outside_training_seconds"] / o["outside_training_seconds"] for o, n in zip(runs["old"], runs["new"])]
+    print(json.dumps({
+        "benchmark": "depth_cpu_side_compare",
+        "settings": runs["new"][0]["settings"], "repeats": args.repeats,
+        **{f"{v}_{key}": med(v, key) for v in ("old", "new")
+           for key in ("study_seconds", "training_seconds", "outside_training_seconds", "imports_seconds")},
+        "old_seconds": cats("old"), "new_seconds": cats("new"),
+        "outside_training_ratio_new_to_old": [round(r, 3) for r in ratios],
+        "outside_training_ratio_median": round(statistics.median(ratios), 3),
+        "results_identical": len({r["results_sha256"] for rs in runs.values() for r in rs}) == 1,
+        "results_sha256": sorted({r["results_sha256"] for rs in runs.values() for r in rs}),
+        "old_source": args.compare, "new_source": new_src,
+        "torch_num_threads": runs["new"][0]["torch_num_threads"], "machine": runs["new"][0]["machine"],
     }))
     return 0
 

@@ -199,6 +199,19 @@ def test_log_density_is_stable_far_away():
     assert float(at_mean[0, 0]) == pytest.approx(-math.log(2 * math.pi * 0.09))
 
 
+def test_log_density_is_the_formula_bit_for_bit():
+    # the study's numbers (grids, Bayes labels, MMLB) rest on these exact values: the squared distance is
+    # one rounding of dx^2 + dy^2, then logsumexp over components, as the broadcast formula computes it
+    p = GaussianMixtureProblem.random(5, 5, 11)
+    x = torch.randn(70_000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 4
+    d2 = (x[:, None, None, :] - p.means[None]).square().sum(-1)
+    want = torch.logsumexp(d2 * -(1.0 / (2.0 * p.sigma**2)), dim=2) + (-math.log(5) - math.log(2 * math.pi * p.sigma**2))
+    assert torch.equal(p.log_density(x), want)
+    assert torch.allclose(p.log_density(x[:3]).exp(), torch.tensor(
+        [[np.mean([norm.pdf(xi[0], m[0], p.sigma) * norm.pdf(xi[1], m[1], p.sigma) for m in mk]) for mk in p.means.numpy()]
+         for xi in x[:3].numpy()], dtype=torch.float64), rtol=1e-12, atol=1e-300)
+
+
 # ---------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     "kwargs,match",

@@ -383,9 +383,11 @@ class GaussianMixtureProblem:
         const = -math.log(n_comp) - math.log(2.0 * math.pi * self._sigma**2)
         out = torch.empty((x.shape[0], k), dtype=torch.float64)
         inv = 1.0 / (2.0 * self._sigma**2)
+        mx, my = self._means[..., 0], self._means[..., 1]  # [K, N]
         for start in range(0, x.shape[0], _CHUNK):
             xc = x[start : start + _CHUNK]
-            d2 = (xc[:, None, None, :] - self._means[None]).square_().sum(-1)  # [c, K, N]
+            dx, dy = xc[:, 0, None, None] - mx, xc[:, 1, None, None] - my  # [c, K, N]
+            d2 = dx.mul_(dx).add_(dy.mul_(dy))  # the squared distance, dx^2 + dy^2 (one rounding each)
             out[start : start + _CHUNK] = torch.logsumexp(d2.mul_(-inv), dim=2) + const
         return out
 
