@@ -99,6 +99,8 @@ def _mutations():
         ("empty", FILES[1], b"", "magic number missing"),
         ("labels as images", FILES[1], idx_bytes(img), "with 1 dimension(s) (magic number 00000803, expected 00000801)"),
         ("wrong size", FILES[2], idx_bytes(np.zeros((4, 27, 28), np.uint8)), "images of 27x28 pixels"),
+        ("too many", FILES[2], head[:4] + struct.pack(">3I", 60001, 28, 28),
+         "declares 60001 items; Fashion-MNIST's files hold at most 60000"),
     ]
 
 

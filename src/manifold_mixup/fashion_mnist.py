@@ -39,6 +39,7 @@ FASHION_MNIST_SHA256: Mapping[str, str] = {
 _CLASSES = 10
 _SIDE = 28
 _UBYTE = 0x08  # the idx element type of every Fashion-MNIST file
+_MAX_ITEMS = 60_000  # images (or labels) in the largest official file
 _HOW_TO_GET = (f"install the Debian package (apt-get install dataset-fashion-mnist, which puts them in {DEFAULT_DIR}) "
                "or put the four official idx files (gzip or raw) in a folder and give it as data_dir (--data-dir)")
 
@@ -54,8 +55,9 @@ def read_idx(path: str | os.PathLike[str], ndim: int) -> tuple[np.ndarray, str]:
     """Read one idx file of unsigned bytes with ``ndim`` dimensions (3 for images, 1 for labels).
 
     The file may be gzip-compressed or raw. Its header is checked (two zero bytes, element type
-    0x08 = unsigned byte, ``ndim`` dimensions, 28x28 images when ``ndim`` is 3), and the content
-    must be exactly as long as the header declares: a truncated or oversized file is an error.
+    0x08 = unsigned byte, ``ndim`` dimensions, 28x28 images when ``ndim`` is 3, at most 60,000
+    items), and the content must be exactly as long as the header declares: a truncated or
+    oversized file is an error.
 
     Returns:
         (array uint8 of the declared shape, SHA-256 hex digest of the decompressed content).
@@ -75,6 +77,9 @@ def read_idx(path: str | os.PathLike[str], ndim: int) -> tuple[np.ndarray, str]:
             if len(dims_raw) < 4 * ndim:
                 raise ValueError(f"{path}: truncated in its header ({4 + len(dims_raw)} bytes)")
             dims = tuple(int(d) for d in np.frombuffer(dims_raw, dtype=">u4"))
+            if dims[0] > _MAX_ITEMS:  # (a gzip bomb's header cannot make us read gigabytes)
+                raise ValueError(f"{path}: its header declares {dims[0]} items; Fashion-MNIST's files hold at most "
+                                 f"{_MAX_ITEMS}")
             if ndim == 3 and dims[1:] != (_SIDE, _SIDE):
                 raise ValueError(f"{path}: images of {dims[1]}x{dims[2]} pixels; Fashion-MNIST's are {_SIDE}x{_SIDE}")
             size = int(np.prod(dims, dtype=np.int64))
