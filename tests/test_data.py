@@ -409,7 +409,7 @@ def test_non_regular_files_are_refused_by_name(tmp_path):
 
 
 def test_data_dir_is_refused_for_digits():
-    with pytest.raises(ValueError, match="data_dir '/nonexistent' is only used with dataset 'cifar10'"):
+    with pytest.raises(ValueError, match="data_dir '/nonexistent' is only used with datasets 'cifar10' and 'fashion-mnist'"):
         load_dataset("digits", data_dir="/nonexistent")
 
 

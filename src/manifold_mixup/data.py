@@ -926,7 +926,7 @@ def load_dataset(
     key = name.strip().lower() if isinstance(name, str) else name
     if key == "digits":
         if data_dir is not None:
-            raise ValueError(f"data_dir {str(data_dir)!r} is only used with dataset 'cifar10'; digits are bundled "
+            raise ValueError(f"data_dir {str(data_dir)!r} is only used with datasets 'cifar10' and 'fashion-mnist'; digits are bundled "
                              "with scikit-learn (leave it out)")
         return load_digits(seed=seed, train_fraction=train_fraction)
     if key == "cifar10":
