@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--problems-per-shard", type=int, default=None, help="default: --problems-per-k")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--hidden", type=int, nargs="+", default=[512, 512, 512])
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (then every timer waits for the device)")
     ap.add_argument("--out", default=None, help="study folder (default: a temporary one)")
     ap.add_argument("--profile", default=None, help="also write a cProfile of the study to this file")
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     from manifold_mixup.studies import depth, report
 
     imports = time.perf_counter() - t0
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     if args.device.startswith("cuda"):
         torch.zeros(1, device=args.device).sum().item()  # the CUDA context, before any timer

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The checks and figures that need a CUDA device, in one run (about 5 minutes on one H200).
-#   bash benchmarks/gpu_check.sh [tests] [overhead] [ensemble] [depth] [long] [fmnist]   (default: the first four)
+#   bash benchmarks/gpu_check.sh [tests] [overhead] [ensemble] [depth] [split] [long] [fmnist]   (default: the first four)
+# "split" (issue 23): the paper preset in-process (benchmarks/depth_cpu_side.py --device cuda), its wall time split
+# into start-up (imports, CUDA context), training and each CPU-side part (problems, grids, MMLB, plans, evaluation,
+# report), every timer waiting for the device; about 60-90 s.
 # "long" (issue 17): the paper preset's 400 problems trained 200 epochs, evaluated at 10, 20, 40, 100 and
 # 200, into ${LONG_OUT:-paper-long-depth}; the study resumes, so rerun the same line until it says done
 # (each call stops after ${LONG_SECS:-540} s, within a 10-minute command limit).
@@ -54,6 +57,12 @@ if want depth; then
   echo "depth shards done: $(ls /tmp/depth-paper-cuda/shards 2>/dev/null | wc -l)"
   cp /tmp/depth-paper-cuda/summary.md "$OUT/depth_summary.md" 2>/dev/null
   cp /tmp/depth-paper-cuda/results.csv "$OUT/depth_results.csv" 2>/dev/null
+  sha256sum /tmp/depth-paper-cuda/results.csv 2>/dev/null  # the same on a rerun on this machine type
+fi
+if want split; then
+  rm -rf /tmp/depth-split-cuda  # a fresh study (an old folder would resume)
+  TAIL=2 step 150 depth_split_cuda $py benchmarks/depth_cpu_side.py --device cuda --problems-per-k 100 \
+    --problems-per-shard 10 --out /tmp/depth-split-cuda
 fi
 if want fmnist; then
   FM_OUT=${FMNIST_OUT:-results/fashion-mnist-paper-h200}
