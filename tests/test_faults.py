@@ -531,8 +531,7 @@ def _cli_in_a_child(out, timeout=120):
                           capture_output=True, text=True, timeout=timeout, preexec_fn=cap)
 
 
-@pytest.mark.parametrize("what", ["shard", "manifest"])
-@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+@pytest.mark.parametrize("what,kind", [("shard", "fifo"), ("manifest", "dev-zero")])  # test_shards: each kind
 def test_a_fifo_or_device_in_the_folder_is_refused_by_name(finished, tmp_path, what, kind):
     out = _copy(finished, tmp_path)
     good = _results(out)
@@ -755,6 +754,7 @@ def test_a_confmix_resume_under_another_thread_count_is_refused(tmp_path, capsys
         torch.set_num_threads(old)
 
 
+@pytest.mark.slow  # spawns two worker processes (~10 s)
 def test_confmix_shards_trained_in_worker_processes_record_the_workers_threads(tmp_path, capsys, monkeypatch):
     import torch
 
