@@ -159,3 +159,15 @@ def test_confmix_study_on_a_fraction_of_the_training_images(tmp_path, capsys):
     assert "Training on 135 images" in summary and "batch 27 = min(250, 135 // 5)" in summary
     assert main(["confmix-study", "--train-fraction", "0", "--out", str(tmp_path / "x")]) == 2
     assert "train_fraction" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_cli_takes_no_abbreviations_and_has_a_version(tmp_path, capsys):
+    for command in ("depth-study", "confmix-study", "spiral-figure"):
+        with pytest.raises(SystemExit) as e:
+            main([command, "--epoch", "5", "--out", str(tmp_path / command)])  # --epochs, mistyped
+        assert e.value.code == 2 and "unrecognized arguments: --epoch 5" in capsys.readouterr().err
+        assert not (tmp_path / command).exists()
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    from manifold_mixup import __version__
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"manifold-mixup {__version__}"

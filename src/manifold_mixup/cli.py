@@ -134,10 +134,14 @@ def _parser():
     from .studies.depth import PRESETS, run_depth_study
     from .studies.spiral import SpiralConfig
 
-    ap = argparse.ArgumentParser(prog="manifold-mixup", description=__doc__.split("\n")[0])
+    from . import __version__
+
+    # allow_abbrev=False: a mistyped flag (--epoch) is an error, not taken for another (--epochs)
+    ap = argparse.ArgumentParser(prog="manifold-mixup", description=__doc__.split("\n")[0], allow_abbrev=False)
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("depth-study", help="Table 1 and Figures 2-3: excess risk of mixing at each depth on toy problems")
+    d = sub.add_parser("depth-study", allow_abbrev=False, help="Table 1 and Figures 2-3: excess risk of mixing at each depth on toy problems")
     d.add_argument("--preset", choices=list(PRESETS), default="quick", help="the settings every flag below replaces (default: quick)")
     d.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
     _add_flags(d, _DEPTH_FLAGS, PRESETS)
@@ -145,7 +149,7 @@ def _parser():
                    help=f"cpu, cuda, cuda:N or auto (default: {_default(run_depth_study, 'device')})")
     _add_executor(d, run_depth_study)
 
-    c = sub.add_parser("confmix-study", help="Table 2: ConfMix, ramps and mixup on images, several seeds")
+    c = sub.add_parser("confmix-study", allow_abbrev=False, help="Table 2: ConfMix, ramps and mixup on images, several seeds")
     c.add_argument("--preset", choices=list(CONFMIX_PRESETS), default="paper",
                    help="the settings every flag below replaces (default: paper, the paper's protocol; cpu: Table 2 "
                         "on Fashion-MNIST in about 10 minutes on 2 CPU cores)")
@@ -156,11 +160,11 @@ def _parser():
                    help="train N shards at once in local processes, on one GPU or on the CPU's cores "
                         f"(default: {_default(run_confmix_study, 'workers')})")
 
-    s = sub.add_parser("spiral-figure", help="Figure 1: decision regions on a two-arm spiral, ERM and mixing at each depth")
+    s = sub.add_parser("spiral-figure", allow_abbrev=False, help="Figure 1: decision regions on a two-arm spiral, ERM and mixing at each depth")
     s.add_argument("--out", required=True, help="output folder for spiral.png")
     _add_flags(s, _SPIRAL_FLAGS, {"": SpiralConfig()})
 
-    f = sub.add_parser("figure2", help="Figure 2: one toy problem (K = 3, N = 5), samples and Bayes regions, as PNG")
+    f = sub.add_parser("figure2", allow_abbrev=False, help="Figure 2: one toy problem (K = 3, N = 5), samples and Bayes regions, as PNG")
     f.add_argument("--out", required=True, help="PNG file to write")
     f.add_argument("--seed", type=int, default=None,
                    help=f"seed of the problem (seed + 1 draws the samples) (default: {_default(figure2, 'seed')})")
