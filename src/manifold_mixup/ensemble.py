@@ -18,7 +18,8 @@ its own gradient). What one member sees is fully determined by its ``MemberSpec`
   ``SeedSequence(entropy=seed, spawn_key=(PLAN_STREAM, epoch))`` -- a stream independent of the
   torch (Philox/MT) stream used for the initial weights. The trainer uses that very function, so a
   test can replay a member through the reference path (``ManifoldMixup(..., plan=MixPlan(perm,
-  lam), layer=mlp_layer(k))``).
+  lam), layer=mlp_layer(k))``). Members of one call that share a seed (and K, resp. alpha) share
+  one draw of their initial weights (resp. plans): the same numbers, drawn once.
 
 Mixing (``mix_layer`` = k): k = 0 mixes the input, k = j >= 1 mixes the output of the j-th
 hidden ReLU, ``None`` is ERM (no mixing; lambda = 1). Row i of a mixed batch is
