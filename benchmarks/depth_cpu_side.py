@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch._dynamo  # noqa: F401  (the first optimiser imports it; timed here, not in chunk_setup)
 
-    from manifold_mixup import ensemble, plots, toy
-    from manifold_mixup.studies import depth, report
+    from manifold_mixup.paper import ensemble, plots, toy
+    from manifold_mixup.paper.studies import depth, report
 
     imports = time.perf_counter() - t0
     if args.threads:

@@ -1,4 +1,4 @@
-"""Benchmark of the vectorised trainer (manifold_mixup.ensemble) against the machine's sgemm rate
+"""Benchmark of the vectorised trainer (manifold_mixup.paper.ensemble) against the machine's sgemm rate
 and a plain per-model training loop. Prints one JSON object.
 
     python benchmarks/ensemble.py --models 40 --epochs 2
@@ -20,7 +20,7 @@ import time
 import torch
 
 import manifold_mixup as mm
-from manifold_mixup.ensemble import EnsembleConfig, MemberSpec, epoch_plan, train_ensemble, chunk_size_for, _n_workers
+from manifold_mixup.paper.ensemble import EnsembleConfig, MemberSpec, epoch_plan, train_ensemble, chunk_size_for, _n_workers
 
 N, BATCH, HIDDEN, ALPHA = 1000, 50, (512, 512, 512), 0.5
 METHODS = [None, 0, 1, 2, 3]

@@ -52,7 +52,7 @@ if want ensemble; then
   done
 fi
 if want depth; then
-  step 170 depth_paper_cuda $py -m manifold_mixup.cli depth-study --preset paper --out /tmp/depth-paper-cuda \
+  step 170 depth_paper_cuda $py -m manifold_mixup.paper.cli depth-study --preset paper --out /tmp/depth-paper-cuda \
     --device cuda --no-progress
   echo "depth shards done: $(ls /tmp/depth-paper-cuda/shards 2>/dev/null | wc -l)"
   cp /tmp/depth-paper-cuda/summary.md "$OUT/depth_summary.md" 2>/dev/null
@@ -66,7 +66,7 @@ if want split; then
 fi
 if want fmnist; then
   FM_OUT=${FMNIST_OUT:-results/fashion-mnist-paper-h200}
-  FM=($py -m manifold_mixup.cli confmix-study --dataset fashion-mnist --preset paper
+  FM=($py -m manifold_mixup.paper.cli confmix-study --dataset fashion-mnist --preset paper
       --data-dir "${FMNIST_DIR:-data/fashion-mnist}" --device cuda --workers "${FMNIST_WORKERS:-8}" --no-progress)
   if [ ! -d "$FM_OUT/shards" ]; then  # the pilot, once: 3 epochs less 1 epoch is 2 epochs of 11 shards
     t0=$SECONDS; TAIL=3 step 240 fmnist_pilot_e1 "${FM[@]}" --seeds 1 --epochs 1 --warmup-epochs 0 --out /tmp/fmnist-e1
@@ -81,7 +81,7 @@ if want fmnist; then
   mkdir -p "$OUT/fmnist" && cp -r "$FM_OUT" "$OUT/fmnist/"  # comes back with the logs
 fi
 if want long; then
-  step "${LONG_SECS:-540}" depth_paper_long_cuda $py -m manifold_mixup.cli depth-study --preset paper --epochs 200 \
+  step "${LONG_SECS:-540}" depth_paper_long_cuda $py -m manifold_mixup.paper.cli depth-study --preset paper --epochs 200 \
     --eval-epochs 10 20 40 100 200 --out "${LONG_OUT:-paper-long-depth}" --device cuda --no-progress
   echo "long shards done: $(ls "${LONG_OUT:-paper-long-depth}"/shards 2>/dev/null | wc -l) of 40"
 fi

@@ -45,8 +45,8 @@ HOG = "import time\nend = time.time() + 3600\nx = 0\nwhile time.time() < end:\n 
 
 
 def _env(choice: str) -> dict:
-    from manifold_mixup.cli import THREADING_ENV
-    from manifold_mixup.shards import THREADS_ENV
+    from manifold_mixup.paper.cli import THREADING_ENV
+    from manifold_mixup.paper.shards import THREADS_ENV
 
     env = {k: v for k, v in os.environ.items()
            if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOMP_SPINCOUNT", THREADS_ENV)}
@@ -68,14 +68,14 @@ def _study_cmd(out: Path, args, choice: str) -> list[str]:
         workers = len(os.sched_getaffinity(0)) if choice == "processes" else 1
         return [sys.executable, "-c",
                 "import time, json\n"
-                "from manifold_mixup.studies.confmix import ConfMixStudyConfig, run_confmix_study\n"
+                "from manifold_mixup.paper.studies.confmix import ConfMixStudyConfig, run_confmix_study\n"
                 "t = time.perf_counter()\n"
                 f"cfg = ConfMixStudyConfig(seeds={args.seeds}, epochs={args.epochs}, methods={CONFMIX_METHODS!r})\n"
                 f"run_confmix_study(cfg, {str(out)!r}, progress=False, workers={workers})\n"
                 "print(json.dumps({'seconds': time.perf_counter() - t}))\n"]
     return [sys.executable, "-c",
             "import sys, time, json\n"
-            "from manifold_mixup.studies.depth import preset, run_depth_study\n"
+            "from manifold_mixup.paper.studies.depth import preset, run_depth_study\n"
             "t = time.perf_counter()\n"
             f"cfg = preset({args.preset!r}, problems_per_k={args.problems_per_k!r})\n"
             f"run_depth_study(cfg, {str(out)!r}, progress=False)\n"
@@ -144,7 +144,7 @@ def main() -> None:
     args.choices = args.choices or list(allowed[:2])
     if set(args.choices) - set(allowed):
         ap.error(f"--study {args.study} takes --choices among {list(allowed)}")
-    from manifold_mixup.shards import machine_info
+    from manifold_mixup.paper.shards import machine_info
 
     m = machine_info()
     size = ({"seeds": args.seeds, "epochs": args.epochs, "methods": list(CONFMIX_METHODS), "dataset": "digits"}

@@ -22,7 +22,7 @@ import time
 import torch
 
 import manifold_mixup as mm
-from manifold_mixup.toy import DEFAULT_MMLB_SAMPLES, GaussianMixtureProblem
+from manifold_mixup.paper.toy import DEFAULT_MMLB_SAMPLES, GaussianMixtureProblem
 
 
 def main() -> None:

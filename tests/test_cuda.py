@@ -15,8 +15,8 @@ from torch import nn
 
 import manifold_mixup as mm
 from conftest import Residual as _Residual, data
-from manifold_mixup.ensemble import EnsembleConfig, MemberSpec, predict_ensemble, to_sequential, train_ensemble
-from manifold_mixup.toy import spiral
+from manifold_mixup.paper.ensemble import EnsembleConfig, MemberSpec, predict_ensemble, to_sequential, train_ensemble
+from manifold_mixup.paper.toy import spiral
 
 _forced = os.environ.get("MM_TEST_DEVICE")
 if _forced:

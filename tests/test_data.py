@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from manifold_mixup.data import (
+from manifold_mixup.paper.data import (
     CIFAR10_MD5,
     DATASETS,
     ImageDataset,

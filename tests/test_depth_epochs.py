@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from manifold_mixup.cli import main
-from manifold_mixup.studies.depth import PRESETS, DepthStudyConfig, run_depth_study, summarise
+from manifold_mixup.paper.cli import main
+from manifold_mixup.paper.studies.depth import PRESETS, DepthStudyConfig, run_depth_study, summarise
 
 TINY = ["--problems-per-k", "2", "--ks", "2", "3", "--hidden", "16", "16", "16", "--n-train", "100",
         "--batch-size", "20", "--grid-resolution", "32", "--mmlb-samples", "2000", "--problems-per-shard", "1",
@@ -118,7 +118,7 @@ def test_depth_study_rows_do_not_depend_on_the_thread_count(tmp_path):
 
     import torch
 
-    from manifold_mixup.studies.depth import preset, run_depth_study
+    from manifold_mixup.paper.studies.depth import preset, run_depth_study
 
     old = torch.get_num_threads()
     rows = []

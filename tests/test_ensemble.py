@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import manifold_mixup as mm
-from manifold_mixup.ensemble import (
+from manifold_mixup.paper.ensemble import (
     EnsembleConfig,
     MemberSpec,
     epoch_plan,
@@ -118,7 +118,7 @@ def test_different_k_padding_matches_reference():
 
 def test_sgd_is_torchs_sgd_with_momentum_0_9():
     # 'sgd' is torch.optim.SGD(lr, momentum=0.9), as train.make_optimizer builds it, member by member
-    from manifold_mixup.ensemble import SGD_MOMENTUM
+    from manifold_mixup.paper.ensemble import SGD_MOMENTUM
     from manifold_mixup.train import make_optimizer
 
     opt = make_optimizer([torch.nn.Parameter(torch.zeros(1))], "sgd", 0.1)
@@ -253,7 +253,7 @@ def test_bad_inputs(change, match):
 def test_memory_budget_takes_any_finite_number_of_bytes():
     import numpy as np
 
-    from manifold_mixup.ensemble import chunk_size_for
+    from manifold_mixup.paper.ensemble import chunk_size_for
 
     for budget in (2e9, np.int64(1 << 30), 1 << 30):
         cfg = EnsembleConfig(batch_size=BATCH, hidden=HIDDEN, memory_budget=budget)
@@ -264,7 +264,7 @@ def test_memory_budget_takes_any_finite_number_of_bytes():
 
 
 def test_mix_matrices_equal_the_rows_written_one_by_one():
-    from manifold_mixup.ensemble import _mix_matrices
+    from manifold_mixup.paper.ensemble import _mix_matrices
 
     # B = 4 makes rows that are their own partner common; tiny and huge alpha put lambda near 0 and 1
     m, nb, B = 4, 6, 4
@@ -292,7 +292,7 @@ def test_mix_matrices_equal_the_rows_written_one_by_one():
 
 
 def test_members_sharing_a_seed_draw_once_and_train_as_if_drawn_alone(monkeypatch):
-    import manifold_mixup.ensemble as ens
+    import manifold_mixup.paper.ensemble as ens
 
     calls = {"plan": 0, "init": 0}
     plan, init = ens.epoch_plan, ens.mlp_init
@@ -320,7 +320,7 @@ def test_members_sharing_a_seed_draw_once_and_train_as_if_drawn_alone(monkeypatc
 
 
 def test_draws_are_the_functions_values_and_are_let_go():
-    from manifold_mixup.ensemble import _Draws
+    from manifold_mixup.paper.ensemble import _Draws
 
     specs = [MemberSpec(5, None, 0.5), MemberSpec(5, 1, 0.5), MemberSpec(5, 2, 0.0), MemberSpec(6, 0, 0.5)]
     ks = [3, 3, 3, 2]

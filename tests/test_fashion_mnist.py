@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import manifold_mixup as mm
-from manifold_mixup.cli import main
-from manifold_mixup.data import load_dataset
-from manifold_mixup.fashion_mnist import DEFAULT_DIR, FILES, load_fashion_mnist, read_fashion_mnist
-from manifold_mixup.studies.confmix import METHODS, PRESETS, ConfMixStudyConfig, run_confmix_study
+from manifold_mixup.paper.cli import main
+from manifold_mixup.paper.data import load_dataset
+from manifold_mixup.paper.fashion_mnist import DEFAULT_DIR, FILES, load_fashion_mnist, read_fashion_mnist
+from manifold_mixup.paper.studies.confmix import METHODS, PRESETS, ConfMixStudyConfig, run_confmix_study
 
 N_TRAIN, N_TEST = 30, 12
 
@@ -296,7 +296,7 @@ def test_cached_confmix_reads_the_previous_epochs_outputs_of_the_same_samples():
 def test_the_cli_preset_is_the_base_that_flags_replace(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    import manifold_mixup.studies.confmix as confmix
+    import manifold_mixup.paper.studies.confmix as confmix
 
     seen = {}
 

@@ -15,9 +15,9 @@ import threading
 
 import pytest
 
-import manifold_mixup.shards as shards_mod
-from manifold_mixup.cli import main
-from manifold_mixup.shards import ShardStore
+import manifold_mixup.paper.shards as shards_mod
+from manifold_mixup.paper.cli import main
+from manifold_mixup.paper.shards import ShardStore
 
 TINY = ["--preset", "quick", "--problems-per-k", "2", "--ks", "2", "3", "--hidden", "8", "8", "8", "--n-train", "40",
         "--epochs", "1", "--batch-size", "20", "--grid-resolution", "16", "--mmlb-samples", "500",
@@ -198,7 +198,7 @@ def test_two_runs_started_together_one_wins(tmp_path):
 def _open_store(out, seed, barrier, results):
     import time
 
-    from manifold_mixup.shards import StudyInUseError, StudyMismatchError
+    from manifold_mixup.paper.shards import StudyInUseError, StudyMismatchError
 
     barrier.wait()
     try:
@@ -281,7 +281,7 @@ def test_a_write_into_dev_full_is_one_line_and_leaves_no_temp_file(tmp_path, cap
 
 
 def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys):
-    import manifold_mixup.cli as cli
+    import manifold_mixup.paper.cli as cli
 
     def interrupted():
         raise KeyboardInterrupt
@@ -296,7 +296,7 @@ def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys):
 def test_a_huge_study_states_its_estimate_and_makes_no_shards_up_front(tmp_path, capsys, monkeypatch):
     import tracemalloc
 
-    from manifold_mixup.studies.depth import PRESETS, shards_for
+    from manifold_mixup.paper.studies.depth import PRESETS, shards_for
 
     tracemalloc.start()
     shards = shards_for(PRESETS["quick"].__class__(problems_per_k=10**9))
@@ -307,7 +307,7 @@ def test_a_huge_study_states_its_estimate_and_makes_no_shards_up_front(tmp_path,
     def stop(*a, **k):  # the first shard would start here
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("manifold_mixup.studies.depth.depth_shard", stop)
+    monkeypatch.setattr("manifold_mixup.paper.studies.depth.depth_shard", stop)
     assert main(["depth-study", "--out", str(tmp_path / "huge"), "--problems-per-k", "1000000000", "--no-progress"]) == 130
     err = capsys.readouterr().err
     assert "estimated to take about" in err and "hours" in err
@@ -319,7 +319,7 @@ def test_a_huge_study_states_its_estimate_and_makes_no_shards_up_front(tmp_path,
 def test_an_address_that_is_no_ray_head_fails_in_one_line(tmp_path, capsys, reply):
     import time
 
-    from manifold_mixup.shards import check_executor
+    from manifold_mixup.paper.shards import check_executor
 
     pytest.importorskip("ray")
     server = socket.socket()
@@ -361,7 +361,7 @@ def test_out_of_memory_is_one_line_and_a_bug_still_shows_its_traceback(tmp_path,
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: "
                            "you tried to allocate 4000000000000 bytes.")
 
-    monkeypatch.setattr("manifold_mixup.studies.depth.run_study", oom)
+    monkeypatch.setattr("manifold_mixup.paper.studies.depth.run_study", oom)
     assert depth(tmp_path / "run") == 2
     line = one_error_line(capsys)
     assert "out of memory" in line and "finished shards are kept" in line
@@ -369,7 +369,7 @@ def test_out_of_memory_is_one_line_and_a_bug_still_shows_its_traceback(tmp_path,
     def bug(*a, **k):
         raise RuntimeError("shape mismatch in the library")
 
-    monkeypatch.setattr("manifold_mixup.studies.depth.run_study", bug)
+    monkeypatch.setattr("manifold_mixup.paper.studies.depth.run_study", bug)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         depth(tmp_path / "run")
 
@@ -378,7 +378,7 @@ def test_a_run_stopped_before_its_first_shard_does_not_block_the_corrected_comma
     def no_memory(payload):
         raise MemoryError
 
-    monkeypatch.setattr("manifold_mixup.studies.depth.depth_shard", no_memory)
+    monkeypatch.setattr("manifold_mixup.paper.studies.depth.depth_shard", no_memory)
     out = tmp_path / "run"
     assert depth(out, "--n-train", "100000000", "--batch-size", "50") == 2  # infeasible, found only in the shard
     assert "out of memory" in one_error_line(capsys)
@@ -406,7 +406,7 @@ def test_sigterm_ends_like_ctrl_c_and_the_handler_is_restored(tmp_path, capsys, 
         os.kill(os.getpid(), signal.SIGTERM)
         return []
 
-    monkeypatch.setattr("manifold_mixup.studies.depth.depth_shard", terminated)
+    monkeypatch.setattr("manifold_mixup.paper.studies.depth.depth_shard", terminated)
     assert depth(tmp_path / "run") == 130
     assert "interrupted; finished shards are kept" in one_error_line(capsys)
     assert signal.getsignal(signal.SIGTERM) is before
@@ -432,7 +432,7 @@ def _copy(finished, tmp_path):
 
 def _forge(path, edit, redigest):
     """Edit a shard's parsed content; with ``redigest`` the forger also recomputes its digest."""
-    from manifold_mixup.shards import shard_digest
+    from manifold_mixup.paper.shards import shard_digest
 
     data = json.loads(path.read_text())
     edit(data)
@@ -472,7 +472,7 @@ TAMPERING = {
 @pytest.mark.parametrize("redigest", [False, True], ids=["digest-stale", "digest-forged"])
 @pytest.mark.parametrize("kind", list(TAMPERING))
 def test_each_kind_of_edited_shard_is_named_and_recomputed(finished, tmp_path, kind, redigest):
-    from manifold_mixup.studies.depth import DepthStudyConfig, check_shard_rows, shards_for
+    from manifold_mixup.paper.studies.depth import DepthStudyConfig, check_shard_rows, shards_for
 
     out = _copy(finished, tmp_path)
     cfg = DepthStudyConfig.from_settings(strict_load(out / "manifest.json")["settings"])
@@ -527,7 +527,7 @@ def _cli_in_a_child(out, timeout=120):
     def cap():
         resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
 
-    return subprocess.run([sys.executable, "-m", "manifold_mixup.cli", "depth-study", "--out", str(out), *TINY],
+    return subprocess.run([sys.executable, "-m", "manifold_mixup.paper.cli", "depth-study", "--out", str(out), *TINY],
                           capture_output=True, text=True, timeout=timeout, preexec_fn=cap)
 
 
@@ -569,7 +569,7 @@ def test_a_bad_matplotlib_backend_is_one_line_naming_the_variable(tmp_path):
     import sys
 
     out = tmp_path / "f2.png"
-    res = subprocess.run([sys.executable, "-m", "manifold_mixup.cli", "figure2", "--out", str(out)], capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "manifold_mixup.paper.cli", "figure2", "--out", str(out)], capture_output=True,
                          text=True, timeout=120, env={**os.environ, "MPLBACKEND": "nonsense"})
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and "MPLBACKEND='nonsense' is not a backend" in lines[0], res.stderr
@@ -633,8 +633,8 @@ def test_a_figure_never_writes_into_another_studys_folder(finished, tmp_path, ca
 # -- the lock is held until the last output is written (issue 24) ---------------------------------
 
 def test_the_lock_is_held_until_the_last_output_is_written(tmp_path, monkeypatch):
-    import manifold_mixup.plots as plots
-    from manifold_mixup.shards import StudyInUseError, StudyMismatchError
+    import manifold_mixup.paper.plots as plots
+    from manifold_mixup.paper.shards import StudyInUseError, StudyMismatchError
 
     out = tmp_path / "run"
     seen = []
@@ -668,7 +668,7 @@ def test_the_lock_is_held_until_the_last_output_is_written(tmp_path, monkeypatch
 def test_ctrl_c_during_the_imports_is_held_until_they_are_done(monkeypatch, capsys):
     import signal
 
-    import manifold_mixup.cli as cli
+    import manifold_mixup.paper.cli as cli
 
     real, built = cli._parser, []
 
@@ -690,7 +690,7 @@ def test_ctrl_c_after_the_result_is_printed_ends_normally(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "manifold_mixup.cli", "figure2", "--out", str(tmp_path / "f.png")],
+    proc = subprocess.Popen([sys.executable, "-m", "manifold_mixup.paper.cli", "figure2", "--out", str(tmp_path / "f.png")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = proc.stdout.readline()  # the result: the work is done

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from manifold_mixup.cli import main
-from manifold_mixup.studies.confmix import ConfMixStudyConfig, run_confmix_study
-from manifold_mixup.studies.depth import DepthStudyConfig, PRESETS, run_depth_study
+from manifold_mixup.paper.cli import main
+from manifold_mixup.paper.studies.confmix import ConfMixStudyConfig, run_confmix_study
+from manifold_mixup.paper.studies.depth import DepthStudyConfig, PRESETS, run_depth_study
 
 TINY = DepthStudyConfig(problems_per_k=2, ks=(2, 3), hidden=(16, 16, 16), n_train=100, epochs=2, batch_size=20,
                         grid_resolution=32, mmlb_samples=2000, problems_per_shard=1)
@@ -103,7 +103,7 @@ def test_figure_commands_write_pngs(tmp_path, capsys):
 
 
 def test_confmix_summary_with_one_seed_and_confmix_still_in_warm_up(tmp_path):
-    from manifold_mixup.studies.confmix import summarise
+    from manifold_mixup.paper.studies.confmix import summarise
 
     cfg = ConfMixStudyConfig(methods=("erm", "input-confmix"), seeds=1, epochs=1)  # warm-up 5 epochs
     with pytest.warns(UserWarning, match="never leave their warm-up"):
@@ -117,7 +117,7 @@ def test_confmix_summary_with_one_seed_and_confmix_still_in_warm_up(tmp_path):
 
 
 def test_help_shows_each_flags_meaning_and_the_configs_default(capsys):
-    from manifold_mixup.studies.confmix import ConfMixStudyConfig
+    from manifold_mixup.paper.studies.confmix import ConfMixStudyConfig
 
     for command in ("depth-study", "confmix-study", "spiral-figure"):
         with pytest.raises(SystemExit):
@@ -133,8 +133,8 @@ def test_help_shows_each_flags_meaning_and_the_configs_default(capsys):
 
 
 def test_flags_replace_only_the_config_fields_they_name(tmp_path, monkeypatch):
-    import manifold_mixup.studies.confmix as confmix
-    from manifold_mixup.studies.confmix import ConfMixStudyConfig
+    import manifold_mixup.paper.studies.confmix as confmix
+    from manifold_mixup.paper.studies.confmix import ConfMixStudyConfig
 
     seen = {}
 

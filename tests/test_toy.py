@@ -11,7 +11,7 @@ import torch
 from scipy import integrate
 from scipy.stats import norm
 
-from manifold_mixup.toy import (
+from manifold_mixup.paper.toy import (
     DEFAULT_MEAN_RANGE,
     DEFAULT_SIGMA_RANGE,
     GaussianMixtureProblem,
@@ -277,7 +277,7 @@ def test_spiral():
 
 # ---------------------------------------------------------------- plot
 def test_plot_toy_problem_writes_png(tmp_path):
-    from manifold_mixup.plots import plot_toy_problem
+    from manifold_mixup.paper.plots import plot_toy_problem
 
     out = plot_toy_problem(GaussianMixtureProblem.random(3, 2, 0), 100, 0, tmp_path / "sub" / "f.png", resolution=64)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

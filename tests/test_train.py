@@ -2,8 +2,8 @@ import pytest
 import torch
 
 import manifold_mixup as mm
-from manifold_mixup.devices import resolve_device
-from manifold_mixup.toy import spiral
+from manifold_mixup.paper.devices import resolve_device
+from manifold_mixup.paper.toy import spiral
 from manifold_mixup.train import accuracy, train_classifier
 
 

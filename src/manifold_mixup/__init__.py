@@ -5,9 +5,12 @@
     logits, targets = mixer(x, y)
     loss = mm.soft_cross_entropy(logits, targets)
 
-The names below are what a user of the mixer needs. The paper's kit lives in submodules:
-``mm.models`` (the paper's MLP and CNN), ``mm.toy`` (toy problems, Bayes risk, MMLB),
-``mm.ensemble`` (the vectorised trainer), ``mm.data`` (digits, CIFAR-10) and ``mm.studies``.
+The names below are what a user of the mixer needs; the library's modules are ``mixing``,
+``manifold``, ``policies``, ``confidence``, ``checkpointing`` and ``train``. The paper's kit lives
+in its own subpackage, ``manifold_mixup.paper``, which imports the library and is never imported by
+it: ``paper.models`` (the paper's MLP and CNN), ``paper.toy`` (toy problems, Bayes risk, MMLB),
+``paper.ensemble`` (the vectorised trainer), ``paper.data`` (digits, CIFAR-10, Fashion-MNIST),
+``paper.studies`` and ``paper.cli``; ``mm.toy`` and the like reach them too.
 
 Imports are lazy (PEP 562): ``import manifold_mixup`` does not import torch until a name is used,
 so the command line starts, and stops on Ctrl-C, cleanly.
@@ -44,8 +47,12 @@ _NAMES = {
     "TrainResult": "train",
     "accuracy": "train",
 }
-_SUBMODULES = ("models", "toy", "ensemble", "data", "studies", "mixing", "manifold", "policies", "train", "plots",
-               "stats", "shards", "cli", "devices", "checkpointing", "confidence")
+# the library's modules, and the paper's kit (``manifold_mixup.paper``), whose modules are also
+# reachable as ``mm.toy`` and the like
+_SUBMODULES = {name: name for name in ("mixing", "manifold", "policies", "train", "checkpointing", "confidence",
+                                        "paper")}
+_SUBMODULES.update({name: f"paper.{name}" for name in ("models", "toy", "ensemble", "data", "fashion_mnist",
+                                                        "studies", "plots", "stats", "shards", "cli", "devices")})
 
 __all__ = list(_NAMES)
 
@@ -54,7 +61,7 @@ def __getattr__(name: str) -> Any:
     if name in _NAMES:
         value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
     elif name in _SUBMODULES:
-        value = importlib.import_module(f".{name}", __name__)
+        value = importlib.import_module(f".{_SUBMODULES[name]}", __name__)
     else:
         raise AttributeError(f"module 'manifold_mixup' has no attribute {name!r}")
     globals()[name] = value  # later look-ups skip this function

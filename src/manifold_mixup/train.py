@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .ensemble import SGD_MOMENTUM
 from .manifold import ManifoldMixup, eval_mode
 from .mixing import soft_cross_entropy, soft_targets
 from .policies import AlphaPolicy
+
+#: momentum of the SGD optimiser of every trainer of the package (no dampening, no Nesterov)
+SGD_MOMENTUM = 0.9
 
 __all__ = ["TrainResult", "train_classifier", "accuracy", "make_optimizer"]
 

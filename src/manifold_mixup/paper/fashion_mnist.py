@@ -151,7 +151,7 @@ def load_fashion_mnist(
     seed: int = 0,
     checksums: Mapping[str, str] | None = None,
 ):
-    """Fashion-MNIST as an :class:`~manifold_mixup.data.ImageDataset`: the official 60,000/10,000
+    """Fashion-MNIST as an :class:`~manifold_mixup.paper.data.ImageDataset`: the official 60,000/10,000
     split, x float32 ``[n, 1, 28, 28]`` normalised with the mean and standard deviation of the
     training images used (pixels 0..255), y int64 in ``[0, 10)``, ``name="fashion-mnist"``.
 

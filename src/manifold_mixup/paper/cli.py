@@ -134,7 +134,7 @@ def _parser():
     from .studies.depth import PRESETS, run_depth_study
     from .studies.spiral import SpiralConfig
 
-    from . import __version__
+    from .. import __version__
 
     # allow_abbrev=False: a mistyped flag (--epoch) is an error, not taken for another (--epochs)
     ap = argparse.ArgumentParser(prog="manifold-mixup", description=__doc__.split("\n")[0], allow_abbrev=False)

@@ -18,11 +18,11 @@ import torch
 
 from ..data import DATASETS, load_dataset
 from ..models import PAPER_CNN_MIX_LAYER, paper_cnn
-from ..policies import AlphaPolicy, ConfMix, Constant, HalfConfMix, RampDown, RampUp
+from ...policies import AlphaPolicy, ConfMix, Constant, HalfConfMix, RampDown, RampUp
 from ..shards import Shard, ShardList, run_study, write_atomic
 from ..shards import COUNT_MAX, check_rows, integer, one_of, real
 from ..stats import mean_interval
-from ..train import accuracy, train_classifier
+from ...train import accuracy, train_classifier
 from ..devices import resolve_device
 from .report import ALPHA_MAX, check_choices, check_int, check_real, check_unique
 

@@ -10,7 +10,7 @@ import torch
 
 from ..models import mlp, mlp_layer
 from ..toy import spiral
-from ..train import accuracy, train_classifier
+from ...train import accuracy, train_classifier
 
 __all__ = ["SpiralConfig", "run_spiral_figure"]
 

@@ -6,7 +6,7 @@
     labels = predict_ensemble(params, grid)                   # [M, G]
     model = to_sequential(params, 1)                          # == mm.models.mlp(3) with trained weights
 
-Every member is the paper's MLP ``d-hidden...-K`` (``manifold_mixup.models.mlp``) with its own
+Every member is the paper's MLP ``d-hidden...-K`` (``manifold_mixup.paper.models.mlp``) with its own
 data set, its own initial weights, its own data order, permutations and lambdas, and its own
 optimiser state; members never interact (the loss is summed over members, so each gets exactly
 its own gradient). What one member sees is fully determined by its ``MemberSpec``:
@@ -87,7 +87,7 @@ __all__ = [
 PLAN_STREAM = 0x6D6978  # "mix"
 
 #: the momentum of every SGD in the package (``torch.optim.SGD(momentum=0.9)``: no dampening, no Nesterov).
-SGD_MOMENTUM = 0.9
+from ..train import SGD_MOMENTUM  # noqa: E402  (the library's, shared with train_classifier)
 
 #: added to padded logits: exp() of it is exactly 0, and unlike -inf it keeps 0 * log p = 0.
 _PAD_LOGIT = -1e30
@@ -681,7 +681,7 @@ def predict_ensemble(params: EnsembleParams, points: Tensor, chunk: int = 8192,
 
 
 def to_sequential(params: EnsembleParams, i: int) -> nn.Sequential:
-    """Member i as ``manifold_mixup.models.mlp`` (``nn.Sequential`` fc1, relu1, ..., out) with its trained weights."""
+    """Member i as ``manifold_mixup.paper.models.mlp`` (``nn.Sequential`` fc1, relu1, ..., out) with its trained weights."""
     M = params.num_models
     if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -M <= i < M:
         raise ValueError(f"member index i must be an integer in [0, {M}); got {i!r}")

@@ -1,0 +1,45 @@
+"""The two places: the library at the package root, the paper's kit in ``manifold_mixup.paper``.
+The kit imports the library; the library never imports the kit."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import manifold_mixup as mm
+
+SRC = Path(mm.__file__).parent
+LIBRARY = ("manifold", "mixing", "policies", "confidence", "checkpointing", "train")
+
+
+def test_library_modules_import_nothing_from_the_kit():
+    for name in LIBRARY:
+        tree = ast.parse((SRC / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                target = ("." * node.level) + (node.module or "")
+                assert "paper" not in target and not (node.level == 1 and node.module is None), (name, target)
+                if node.level == 1:
+                    assert node.module in LIBRARY, f"{name}.py imports .{node.module}, which is not a library module"
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("manifold_mixup.paper") for a in node.names), name
+
+
+def test_using_the_library_loads_no_kit_module():
+    code = ("import sys, manifold_mixup as mm, torch\n"
+            "m = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))\n"
+            "mixer = mm.ManifoldMixup(m, ['1'], alpha=mm.RampUp(), generator=0)\n"
+            "logits, t = mixer(torch.randn(4, 2), torch.tensor([0, 1, 2, 0]))\n"
+            "mm.train_classifier\n"
+            "print(sorted(k for k in sys.modules if k.startswith('manifold_mixup.paper')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_kit_is_reachable_by_its_paths_and_by_the_short_names():
+    from manifold_mixup.paper import toy
+
+    assert mm.toy is toy and mm.studies.__name__ == "manifold_mixup.paper.studies"
