@@ -132,3 +132,15 @@ def test_depth_study_rows_do_not_depend_on_the_thread_count(tmp_path):
     finally:
         torch.set_num_threads(old)
     assert rows[0] == rows[1]
+
+
+def test_the_figure_over_training_needs_two_evaluated_epochs(tmp_path):
+    from manifold_mixup.paper.studies.depth import PRESETS, run_depth_study
+    from dataclasses import replace
+
+    cfg = replace(PRESETS["quick"], problems_per_k=1, ks=(2,), hidden=(8,), methods=("baseline", "k1"), epochs=2, n_train=100, batch_size=50,
+                  grid_resolution=32, mmlb_samples=400, problems_per_shard=1)
+    run_depth_study(cfg, tmp_path / "one", progress=False)
+    assert (tmp_path / "one" / "summary.md").exists() and not (tmp_path / "one" / "figure_epochs.png").exists()
+    run_depth_study(replace(cfg, eval_epochs=(1,)), tmp_path / "two", progress=False)
+    assert (tmp_path / "two" / "figure_epochs.png").exists()

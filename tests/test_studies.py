@@ -161,12 +161,20 @@ def test_confmix_study_on_a_fraction_of_the_training_images(tmp_path, capsys):
     assert "train_fraction" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
-def test_cli_takes_no_abbreviations_and_has_a_version(tmp_path, capsys):
+def test_cli_errors_are_one_line_without_abbreviations_and_it_has_a_version(tmp_path, capsys):
     for command in ("depth-study", "confmix-study", "spiral-figure"):
         with pytest.raises(SystemExit) as e:
             main([command, "--epoch", "5", "--out", str(tmp_path / command)])  # --epochs, mistyped
         assert e.value.code == 2 and "unrecognized arguments: --epoch 5" in capsys.readouterr().err
         assert not (tmp_path / command).exists()
+    with pytest.raises(SystemExit) as e:
+        main(["depth-study", "--optimizer", "adamw", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "invalid choice: 'adamw'" in err and "'sgd'" in err
+    with pytest.raises(SystemExit) as e:
+        main(["depth-study"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "required: --out" in err
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     from manifold_mixup import __version__

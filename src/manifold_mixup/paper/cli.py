@@ -136,8 +136,12 @@ def _parser():
 
     from .. import __version__
 
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):  # one line, naming the command, without the usage block
+            self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
     # allow_abbrev=False: a mistyped flag (--epoch) is an error, not taken for another (--epochs)
-    ap = argparse.ArgumentParser(prog="manifold-mixup", description=__doc__.split("\n")[0], allow_abbrev=False)
+    ap = Parser(prog="manifold-mixup", description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 

@@ -406,7 +406,8 @@ def _over_training(cfg: DepthStudyConfig, rows: list[dict], epochs: list[int], q
 def run_depth_study(cfg: DepthStudyConfig, out: str | Path, *, executor: str = "local", address: str | None = None,
                     device: str = "cpu", progress: bool = True) -> dict:
     """Run (or resume) the study into ``out``: results.csv, summary.md, figure3.png (at the last epoch),
-    figure_epochs.png (difference to the baseline against the epoch), figure2.png, manifest.json."""
+    figure_epochs.png (difference to the baseline against the epoch, where at least two epochs are
+    evaluated), figure2.png, manifest.json."""
     from ..plots import figure2, plot_difference_over_epochs, plot_excess_by_quartile
     from .report import write_csv
 
@@ -421,7 +422,8 @@ def run_depth_study(cfg: DepthStudyConfig, out: str | Path, *, executor: str = "
         text, numbers = summarise(cfg, rows)
         write_atomic(out / "summary.md", text)
         plot_excess_by_quartile(numbers["figure3"], out / "figure3.png")
-        plot_difference_over_epochs(numbers["difference_over_epochs"], out / "figure_epochs.png")
+        if len(numbers["epochs"]) >= 2:  # a curve over training needs two evaluated epochs at least
+            plot_difference_over_epochs(numbers["difference_over_epochs"], out / "figure_epochs.png")
         figure2(out / "figure2.png", seed=cfg.seed)
         return {"rows": rows, **numbers}
 
