@@ -46,7 +46,7 @@ HOG = "import time\nend = time.time() + 3600\nx = 0\nwhile time.time() < end:\n 
 
 def _env(choice: str) -> dict:
     from manifold_mixup.paper.cli import THREADING_ENV
-    from manifold_mixup.paper.shards import THREADS_ENV
+    from manifold_mixup.paper.threads import THREADS_ENV
 
     env = {k: v for k, v in os.environ.items()
            if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOMP_SPINCOUNT", THREADS_ENV)}
@@ -144,7 +144,7 @@ def main() -> None:
     args.choices = args.choices or list(allowed[:2])
     if set(args.choices) - set(allowed):
         ap.error(f"--study {args.study} takes --choices among {list(allowed)}")
-    from manifold_mixup.paper.shards import machine_info
+    from manifold_mixup.paper.files import machine_info
 
     m = machine_info()
     size = ({"seeds": args.seeds, "epochs": args.epochs, "methods": list(CONFMIX_METHODS), "dataset": "digits"}

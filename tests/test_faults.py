@@ -15,9 +15,9 @@ import threading
 
 import pytest
 
-import manifold_mixup.paper.shards as shards_mod
+import manifold_mixup.paper.files as files_mod
 from manifold_mixup.paper.cli import main
-from manifold_mixup.paper.shards import ShardStore
+from manifold_mixup.paper.store import ShardStore
 
 TINY = ["--preset", "quick", "--problems-per-k", "2", "--ks", "2", "3", "--hidden", "8", "8", "8", "--n-train", "40",
         "--epochs", "1", "--batch-size", "20", "--grid-resolution", "16", "--mmlb-samples", "500",
@@ -104,10 +104,10 @@ def test_a_write_killed_midway_keeps_the_old_file_and_leaves_no_temp_file(tmp_pa
             raise KeyboardInterrupt
         return real_replace(src, dst)
 
-    monkeypatch.setattr(shards_mod.os, "replace", killed)
+    monkeypatch.setattr(files_mod.os, "replace", killed)
     assert depth(out) == 130
     assert "interrupted" in one_error_line(capsys)
-    monkeypatch.setattr(shards_mod.os, "replace", real_replace)
+    monkeypatch.setattr(files_mod.os, "replace", real_replace)
     assert (out / "figure2.png").read_bytes() == figure
     assert not [p for p in out.rglob("*.tmp")]
 
@@ -198,7 +198,7 @@ def test_two_runs_started_together_one_wins(tmp_path):
 def _open_store(out, seed, barrier, results):
     import time
 
-    from manifold_mixup.paper.shards import StudyInUseError, StudyMismatchError
+    from manifold_mixup.paper.files import StudyInUseError, StudyMismatchError
 
     barrier.wait()
     try:
@@ -232,7 +232,7 @@ def test_read_only_or_forbidden_out(tmp_path, capsys, monkeypatch, code, hint):
             raise OSError(code, os.strerror(code))
         return real_open(path, flags, *a, **k)
 
-    monkeypatch.setattr(shards_mod.os, "open", refuse)
+    monkeypatch.setattr(files_mod.os, "open", refuse)
     out = tmp_path / "run"
     assert depth(out) == 2
     line = one_error_line(capsys)
@@ -250,12 +250,12 @@ def test_a_full_disk_keeps_finished_shards_and_resumes(tmp_path, capsys, monkeyp
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(fd)
 
-    monkeypatch.setattr(shards_mod.os, "fsync", fsync)
+    monkeypatch.setattr(files_mod.os, "fsync", fsync)
     assert depth(out) == 2
     line = one_error_line(capsys)
     assert "shards" in line and "free some space" in line
     assert len(list((out / "shards").glob("*.json"))) == 2 and not list(out.rglob("*.tmp"))
-    monkeypatch.setattr(shards_mod.os, "fsync", real)
+    monkeypatch.setattr(files_mod.os, "fsync", real)
     assert depth(out) == 0
     assert len(_results(out)) == 4 * 2  # 4 shards of one problem, 2 methods each
 
@@ -272,7 +272,7 @@ def test_a_write_into_dev_full_is_one_line_and_leaves_no_temp_file(tmp_path, cap
             return real_open("/dev/full", os.O_WRONLY)
         return real_open(path, flags, *a, **k)
 
-    monkeypatch.setattr(shards_mod.os, "open", on_dev_full)
+    monkeypatch.setattr(files_mod.os, "open", on_dev_full)
     out = tmp_path / "run"
     assert depth(out) == 2
     line = one_error_line(capsys)
@@ -319,7 +319,7 @@ def test_a_huge_study_states_its_estimate_and_makes_no_shards_up_front(tmp_path,
 def test_an_address_that_is_no_ray_head_fails_in_one_line(tmp_path, capsys, reply):
     import time
 
-    from manifold_mixup.paper.shards import check_executor
+    from manifold_mixup.paper.executors import check_executor
 
     pytest.importorskip("ray")
     server = socket.socket()
@@ -432,7 +432,7 @@ def _copy(finished, tmp_path):
 
 def _forge(path, edit, redigest):
     """Edit a shard's parsed content; with ``redigest`` the forger also recomputes its digest."""
-    from manifold_mixup.paper.shards import shard_digest
+    from manifold_mixup.paper.store import shard_digest
 
     data = json.loads(path.read_text())
     edit(data)
@@ -634,7 +634,7 @@ def test_a_figure_never_writes_into_another_studys_folder(finished, tmp_path, ca
 
 def test_the_lock_is_held_until_the_last_output_is_written(tmp_path, monkeypatch):
     import manifold_mixup.paper.plots as plots
-    from manifold_mixup.paper.shards import StudyInUseError, StudyMismatchError
+    from manifold_mixup.paper.files import StudyInUseError, StudyMismatchError
 
     out = tmp_path / "run"
     seen = []

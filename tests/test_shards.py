@@ -2,7 +2,11 @@ import json
 
 import pytest
 
-from manifold_mixup.paper.shards import Shard, ShardStore, StudyMismatchError, run_shards, write_atomic
+from manifold_mixup.paper.store import Shard, ShardStore
+
+from manifold_mixup.paper.files import StudyMismatchError, write_atomic
+
+from manifold_mixup.paper.executors import run_shards
 
 CALLS = []
 
@@ -83,7 +87,7 @@ def test_write_atomic_gives_the_permissions_of_a_plain_write(tmp_path):
 
 
 def test_shard_list_is_made_on_demand_and_duplicate_keys_are_named(tmp_path):
-    from manifold_mixup.paper.shards import ShardList
+    from manifold_mixup.paper.store import ShardList
 
     made = []
     lazy = ShardList(10**12, lambda i: made.append(i) or Shard(f"s{i}", {"i": i}))
@@ -144,7 +148,7 @@ def test_threads_are_fitted_to_the_free_cores_before_each_shard(tmp_path, monkey
 
     import torch
 
-    import manifold_mixup.paper.shards as shards_mod
+    import manifold_mixup.paper.threads as threads_mod
 
     cores = len(os.sched_getaffinity(0))
     seen = []
@@ -157,7 +161,7 @@ def test_threads_are_fitted_to_the_free_cores_before_each_shard(tmp_path, monkey
         seen.append(torch.get_num_threads())
         return [payload]
 
-    monkeypatch.setattr(shards_mod, "_runnable_others", others)
+    monkeypatch.setattr(threads_mod, "_runnable_others", others)
     monkeypatch.setattr("time.sleep", lambda s: None)
     old = torch.get_num_threads()
     monkeypatch.setenv("MANIFOLD_MIXUP_THREADS", "auto")
@@ -181,15 +185,15 @@ def test_threads_count_another_study_seen_in_any_look(tmp_path, monkeypatch):
 
     import torch
 
-    import manifold_mixup.paper.shards as shards_mod
+    import manifold_mixup.paper.threads as threads_mod
 
     cores = len(os.sched_getaffinity(0))
     looks = iter([0, cores, 0, 0, 0])
-    monkeypatch.setattr(shards_mod, "_runnable_others", lambda: next(looks, 0))
+    monkeypatch.setattr(threads_mod, "_runnable_others", lambda: next(looks, 0))
     monkeypatch.setattr("time.sleep", lambda s: None)
     old = torch.get_num_threads()
     try:
-        assert shards_mod.fit_threads_to_load(old) == 1
+        assert threads_mod.fit_threads_to_load(old) == 1
     finally:
         torch.set_num_threads(old)
 
@@ -197,14 +201,14 @@ def test_threads_count_another_study_seen_in_any_look(tmp_path, monkeypatch):
 # -- digests, the rows' schema, regular files only, the thread setting (issue 24) ------------------
 
 def _check_square(payload, rows):
-    from manifold_mixup.paper.shards import check_rows, integer
+    from manifold_mixup.paper.store import check_rows, integer
 
     i = payload["i"]
     return check_rows(rows, {"i": integer(i, i), "sq": integer(i * i, i * i)}, ("i",), [(i,)])
 
 
 def test_a_shard_records_its_digest_and_an_edit_is_recomputed_with_a_warning(tmp_path):
-    from manifold_mixup.paper.shards import shard_digest
+    from manifold_mixup.paper.store import shard_digest
 
     with ShardStore(tmp_path, "toy", {"n": 1}) as store:
         store.save("s0", [{"i": 3, "sq": 9}])
@@ -234,7 +238,7 @@ def test_a_shard_records_its_digest_and_an_edit_is_recomputed_with_a_warning(tmp
 ], ids=["value", "string", "list", "bool", "duplicate", "foreign", "empty", "column"])
 def test_a_forged_shard_whose_rows_fail_the_schema_is_recomputed(tmp_path, rows, why):
     # the digest recomputed by the forger: the study's own check still refuses the rows
-    from manifold_mixup.paper.shards import shard_digest
+    from manifold_mixup.paper.store import shard_digest
 
     payload = {"i": 2}
     with ShardStore(tmp_path, "toy", {}, check=_check_square) as store:
@@ -252,7 +256,7 @@ def test_a_forged_shard_whose_rows_fail_the_schema_is_recomputed(tmp_path, rows,
 
 
 def test_check_rows_numbers_are_finite_and_in_range():
-    from manifold_mixup.paper.shards import check_rows, integer, one_of, real
+    from manifold_mixup.paper.store import check_rows, integer, one_of, real
 
     cols = {"x": real(0, 1), "y": real(0, nan=True), "n": integer(0, 5), "m": one_of(["a", "b"])}
     good = {"x": 0.5, "y": float("nan"), "n": 1, "m": "a"}
@@ -273,7 +277,7 @@ def _read_in_a_child(path, timeout=30):
     def cap():
         resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
 
-    code = ("import sys; from pathlib import Path; from manifold_mixup.paper.shards import read_json, UnreadableFileError\n"
+    code = ("import sys; from pathlib import Path; from manifold_mixup.paper.files import read_json, UnreadableFileError\n"
             "try:\n    read_json(Path(sys.argv[1]), 'shard')\nexcept UnreadableFileError as e:\n    print(e)\n")
     return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=timeout,
                           preexec_fn=cap)
@@ -296,7 +300,7 @@ def test_only_regular_files_are_read_and_never_block(tmp_path, kind):
 
 
 def test_a_file_larger_than_the_bound_is_refused(tmp_path, monkeypatch):
-    from manifold_mixup.paper.shards import UnreadableFileError, read_bytes, read_json
+    from manifold_mixup.paper.files import UnreadableFileError, read_bytes, read_json
 
     p = tmp_path / "big.json"
     p.write_text(json.dumps({"rows": [0] * 1000}))
@@ -311,7 +315,7 @@ def test_a_file_larger_than_the_bound_is_refused(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("value", ["abc", "-3", "\u00b3", "10000", "0", "1" * 400, "1.5"])
 def test_the_thread_variable_is_checked_and_named(monkeypatch, value):
-    from manifold_mixup.paper.shards import thread_setting
+    from manifold_mixup.paper.threads import thread_setting
 
     monkeypatch.setenv("MANIFOLD_MIXUP_THREADS", value)
     with pytest.raises(ValueError, match=r"^MANIFOLD_MIXUP_THREADS must be 'auto' or a number of threads from 1 to \d+") as e:
@@ -320,7 +324,7 @@ def test_the_thread_variable_is_checked_and_named(monkeypatch, value):
 
 
 def test_the_thread_variable_accepts_auto_a_number_and_nothing(monkeypatch):
-    from manifold_mixup.paper.shards import thread_setting
+    from manifold_mixup.paper.threads import thread_setting
 
     for value, want in (("", None), (" AUTO ", "auto"), ("1", 1)):
         monkeypatch.setenv("MANIFOLD_MIXUP_THREADS", value)

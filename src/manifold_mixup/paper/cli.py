@@ -201,7 +201,7 @@ def _figure2(a) -> dict:
     from pathlib import Path
 
     from .plots import figure2
-    from .shards import remove_stale_temp
+    from .files import remove_stale_temp
     from .studies.report import check_int
 
     if a.seed is not None:
@@ -239,7 +239,7 @@ def _os_message(e: OSError) -> str:
 
 def _check_environment() -> None:
     """The environment variables the commands read, checked before anything is made (one line each)."""
-    from .shards import thread_setting
+    from .threads import thread_setting
 
     thread_setting()
     backend = os.environ.get("MPLBACKEND", "")
@@ -316,7 +316,7 @@ def _main(argv: list[str] | None, held: list[int]) -> int:
         args = parser.parse_args(argv)
         command = args.command
         _one_line_warnings(command)
-        from .shards import StudyMismatchError
+        from .files import StudyMismatchError
 
         run = {"depth-study": _depth, "confmix-study": _confmix, "spiral-figure": _spiral, "figure2": _figure2}[command]
         _handle_interrupts(signal.default_int_handler)  # the imports are done: Ctrl-C and SIGTERM stop the work

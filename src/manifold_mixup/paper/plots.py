@@ -38,7 +38,7 @@ def _save(fig: Figure, path: "str | os.PathLike", dpi: int) -> Path:
     """Render to memory, then write atomically (a killed run never leaves a half-written PNG)."""
     import io
 
-    from .shards import write_atomic
+    from .files import write_atomic
 
     path = Path(path)
     FigureCanvasAgg(fig)

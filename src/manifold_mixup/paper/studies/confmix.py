@@ -19,8 +19,11 @@ import torch
 from ..data import DATASETS, load_dataset
 from ..models import PAPER_CNN_MIX_LAYER, paper_cnn
 from ...policies import AlphaPolicy, ConfMix, Constant, HalfConfMix, RampDown, RampUp
-from ..shards import Shard, ShardList, run_study, write_atomic
-from ..shards import COUNT_MAX, check_rows, integer, one_of, real
+from ..store import Shard, ShardList
+from ..executors import run_study
+from ..files import write_atomic
+from ..files import COUNT_MAX
+from ..store import check_rows, integer, one_of, real
 from ..stats import mean_interval
 from ...train import accuracy, train_classifier
 from ..devices import resolve_device

@@ -18,7 +18,9 @@ import torch
 
 from ..devices import resolve_device
 from ..ensemble import SGD_MOMENTUM, EnsembleConfig, EnsembleParams, MemberSpec, predict_ensemble, train_ensemble
-from ..shards import COUNT_MAX, Shard, ShardList, check_rows, integer, one_of, real, run_study, write_atomic
+from ..files import COUNT_MAX, write_atomic
+from ..store import Shard, ShardList, check_rows, integer, one_of, real
+from ..executors import run_study
 from ..stats import paired_bootstrap, spearman, wilcoxon_p
 from ..toy import DEFAULT_MEAN_RANGE, DEFAULT_SIGMA_RANGE, GaussianMixtureProblem
 

@@ -10,7 +10,7 @@ import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..shards import COUNT_MAX, write_atomic
+from ..files import COUNT_MAX, write_atomic
 
 __all__ = ["write_csv", "check_int", "check_real", "check_range", "check_choices", "check_unique", "ALPHA_MAX"]
 

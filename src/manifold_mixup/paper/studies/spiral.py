@@ -31,7 +31,7 @@ class SpiralConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from ..shards import COUNT_MAX
+        from ..files import COUNT_MAX
         from .report import ALPHA_MAX, check_int, check_real
 
         for name in ("n", "epochs"):
@@ -53,7 +53,8 @@ def run_spiral_figure(cfg: SpiralConfig, out: str | Path) -> dict:
     versions, the machine, and under ``derived`` the accuracies) into ``out``; return the settings
     and accuracies. The folder is held like a study's (:class:`ShardStore`: its lock until the last
     file is written; a folder of another study, or of other settings with a figure, is refused)."""
-    from ..shards import ShardStore, thread_setting
+    from ..store import ShardStore
+    from ..threads import thread_setting
 
     thread_setting()  # the environment is checked before anything is made
     with ShardStore(out, "spiral-figure", asdict(cfg)) as store:  # an unusable folder fails now, not after the training
