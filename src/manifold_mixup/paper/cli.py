@@ -13,7 +13,7 @@ import sys
 
 __all__ = ["main"]
 
-# Before each shard, torch's threads are fitted to the cores no other task is using (shards.
+# Before each shard, torch's threads are fitted to the cores no other task is using (threads.
 # fit_threads_to_load): two multi-threaded torch processes on the same cores stall each other at
 # every parallel op. An explicit setting in the environment wins (a number of threads, or empty
 # to leave torch alone). BENCHMARKS.md, "Under load", has the measurements.
