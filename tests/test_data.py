@@ -18,14 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from manifold_mixup.paper.data import (
-    CIFAR10_MD5,
-    DATASETS,
-    ImageDataset,
-    load_cifar10,
-    load_dataset,
-    load_digits,
-)
+from manifold_mixup.paper.cifar10 import CIFAR10_MD5, load_cifar10
+from manifold_mixup.paper.data import DATASETS, load_dataset
+from manifold_mixup.paper.digits import load_digits
+from manifold_mixup.paper.images import ImageDataset
 
 TRAIN_SIZES = (3, 2, 4, 1, 3)  # records per training batch (any count is allowed)
 TEST_SIZE = 5

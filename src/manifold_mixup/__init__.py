@@ -52,7 +52,7 @@ _NAMES = {
 _SUBMODULES = {name: name for name in ("mixing", "manifold", "policies", "train", "checkpointing", "confidence",
                                         "paper")}
 _SUBMODULES.update({name: f"paper.{name}" for name in ("models", "toy", "ensemble", "data", "fashion_mnist",
-                                                        "studies", "plots", "stats", "files", "store", "threads",
+                                                        "studies", "plots", "stats", "files", "store", "threads", "images", "digits", "cifar10",
                                                         "executors", "cli", "devices")})
 
 __all__ = list(_NAMES)

@@ -151,7 +151,7 @@ def load_fashion_mnist(
     seed: int = 0,
     checksums: Mapping[str, str] | None = None,
 ):
-    """Fashion-MNIST as an :class:`~manifold_mixup.paper.data.ImageDataset`: the official 60,000/10,000
+    """Fashion-MNIST as an :class:`~manifold_mixup.paper.images.ImageDataset`: the official 60,000/10,000
     split, x float32 ``[n, 1, 28, 28]`` normalised with the mean and standard deviation of the
     training images used (pixels 0..255), y int64 in ``[0, 10)``, ``name="fashion-mnist"``.
 
@@ -163,12 +163,12 @@ def load_fashion_mnist(
         seed: seed of that subset (unused at 1.0).
         checksums: see :func:`read_fashion_mnist`.
     """
-    from .data import _check_fraction, _check_seed, _make_dataset, _train_subset
+    from .images import check_fraction, check_seed, make_dataset, train_subset
 
-    train_fraction = _check_fraction(train_fraction)
-    seed = _check_seed(seed)
+    train_fraction = check_fraction(train_fraction)
+    seed = check_seed(seed)
     x_train, y_train, x_test, y_test = read_fashion_mnist(data_dir, checksums)
-    keep = _train_subset(y_train, train_fraction, seed, _CLASSES)
+    keep = train_subset(y_train, train_fraction, seed, _CLASSES)
     if len(keep) < len(y_train):
         x_train, y_train = x_train[keep], y_train[keep]
-    return _make_dataset(x_train, y_train, x_test, y_test, num_classes=_CLASSES, name="fashion-mnist")
+    return make_dataset(x_train, y_train, x_test, y_test, num_classes=_CLASSES, name="fashion-mnist")
