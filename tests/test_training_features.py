@@ -541,7 +541,7 @@ def test_a_skipped_layer_makes_an_erm_step_and_is_counted():
     counters = [model.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: runs.__setitem__(n, runs[n] + 1))
                 for n in runs]
     torch.manual_seed(0)
-    drawn, skipped = {n: 0 for n in runs}, {n: 0 for n in runs}
+    drawn = {n: 0 for n in runs}
     for _ in range(30):
         before = dict(runs)
         state = torch.random.get_rng_state()

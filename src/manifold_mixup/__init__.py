@@ -51,9 +51,9 @@ _NAMES = {
 # reachable as ``mm.toy`` and the like
 _SUBMODULES = {name: name for name in ("mixing", "manifold", "policies", "train", "checkpointing", "confidence",
                                         "paper")}
-_SUBMODULES.update({name: f"paper.{name}" for name in ("models", "toy", "ensemble", "data", "fashion_mnist",
-                                                        "studies", "plots", "stats", "files", "store", "threads", "images", "digits", "cifar10",
-                                                        "executors", "cli", "devices")})
+_SUBMODULES.update({name: f"paper.{name}" for name in (
+    "models", "toy", "ensemble", "data", "images", "digits", "cifar10", "fashion_mnist", "studies", "plots", "stats",
+    "files", "store", "threads", "executors", "cli", "devices")})
 
 __all__ = list(_NAMES)
 

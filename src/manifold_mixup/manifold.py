@@ -10,8 +10,9 @@ layer's output h by ``lam*h + (1-lam)*h[perm]`` (``"input"`` mixes the input its
 Outside a mixer call, and whenever the model is in ``eval()`` mode, the model is exactly the
 model without the library. Where the mixed run is inside activation-checkpointed code, its
 recomputation in backward is mixed with the same plan (``checkpointing``: a global module hook
-that lives as long as such a graph, on no model). (On a compiled model the hooks stay on, inactive outside the mixer's
-calls, until ``remove()`` or the mixer is collected: compiled code does not see hooks added later.)
+that lives as long as such a graph, on no model). (On a compiled model the hooks stay on,
+inactive outside the mixer's calls, until ``remove()`` or the mixer is collected: compiled code
+does not see hooks added later.)
 A call that fails leaves the mixer as it was: no draw is used up and nothing is recorded.
 """
 
@@ -562,9 +563,10 @@ class ManifoldMixup:
         elif self.task == "multilabel":
             if y.ndim != 2 or y.dtype.is_complex:
                 raise ValueError(f"multilabel targets must be rows [B, K] in [0, 1]; got {y.dtype} of shape {tuple(y.shape)}")
-            bad = ~((y >= 0) & (y <= 1)) if values else None
-            if bad is not None and bad.any():
-                raise ValueError(f"multilabel targets must lie in [0, 1]; got {y[bad][0].item()}")
+            if values:
+                bad = ~((y >= 0) & (y <= 1))
+                if bad.any():
+                    raise ValueError(f"multilabel targets must lie in [0, 1]; got {y[bad][0].item()}")
         elif not y.dtype.is_floating_point:
             raise ValueError(f"regression targets must be a float tensor [B, ...]; got {y.dtype}")
 
