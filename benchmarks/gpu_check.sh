@@ -5,14 +5,14 @@
 # into start-up (imports, CUDA context), training and each CPU-side part (problems, grids, MMLB, plans, evaluation,
 # report), every timer waiting for the device; about 60-90 s.
 # "long" (issue 17): the paper preset's 400 problems trained 200 epochs, evaluated at 10, 20, 40, 100 and
-# 200, into ${LONG_OUT:-paper-long-depth}; the study resumes, so rerun the same line until it says done
+# 200, into ${LONG_OUT:-results/depth-paper-long-h200}; the study resumes, so rerun the same line until it says done
 # (each call stops after ${LONG_SECS:-540} s, within a 10-minute command limit).
 # "fmnist" (issue 21): Table 2 on Fashion-MNIST under the paper preset (60,000 images, 50 epochs, 11 methods x
 # 5 seeds = 55 shards), ${FMNIST_WORKERS:-8} shards at once on the one GPU (--workers, local processes; cuDNN
 # deterministic). The machine has neither the Debian package nor Ray: copy the four official .gz files (30 MiB)
 # into data/fashion-mnist/ (ignored by git) and carry that folder with the working tree. On a fresh output folder
 # a pilot first trains the 11 methods of one seed for 1 and for 3 epochs and prints the projected total; then the
-# study runs for ${FMNIST_SECS:-420} s into ${FMNIST_OUT:-results/fashion-mnist-paper-h200} and stops, resumable;
+# study runs for ${FMNIST_SECS:-420} s into ${FMNIST_OUT:-results/confmix-fashion-mnist-paper-h200} and stops, resumable;
 # a copy returns under $OUT/fmnist/: put it back at that path (it travels with the working tree to the next
 # machine) and rerun the same line until it says 55 of 55. Projection made before any device was lent (not
 # measured): ~4 PFLOP of training; at 1-3 ms per step of batch 250 (kernel-launch bound, 12,000 steps per
@@ -65,7 +65,7 @@ if want split; then
     --problems-per-shard 10 --out /tmp/depth-split-cuda
 fi
 if want fmnist; then
-  FM_OUT=${FMNIST_OUT:-results/fashion-mnist-paper-h200}
+  FM_OUT=${FMNIST_OUT:-results/confmix-fashion-mnist-paper-h200}
   FM=($py -m manifold_mixup.paper.cli confmix-study --dataset fashion-mnist --preset paper
       --data-dir "${FMNIST_DIR:-data/fashion-mnist}" --device cuda --workers "${FMNIST_WORKERS:-8}" --no-progress)
   if [ ! -d "$FM_OUT/shards" ]; then  # the pilot, once: 3 epochs less 1 epoch is 2 epochs of 11 shards
@@ -82,6 +82,6 @@ if want fmnist; then
 fi
 if want long; then
   step "${LONG_SECS:-540}" depth_paper_long_cuda $py -m manifold_mixup.paper.cli depth-study --preset paper --epochs 200 \
-    --eval-epochs 10 20 40 100 200 --out "${LONG_OUT:-paper-long-depth}" --device cuda --no-progress
-  echo "long shards done: $(ls "${LONG_OUT:-paper-long-depth}"/shards 2>/dev/null | wc -l) of 40"
+    --eval-epochs 10 20 40 100 200 --out "${LONG_OUT:-results/depth-paper-long-h200}" --device cuda --no-progress
+  echo "long shards done: $(ls "${LONG_OUT:-results/depth-paper-long-h200}"/shards 2>/dev/null | wc -l) of 40"
 fi
