@@ -41,11 +41,12 @@ until ``--seconds`` per case are spent (at least ``--min-rounds``).
 ``--reference`` adds hand-written twins of the library's mixed steps (``reference-<method>``):
 no library code, no checks; each draws its permutation and per-sample lambda ~ Beta(alpha, alpha)
 per step from its own numpy generator, mixes the hidden state by the plain gather form
-``lam*h + (1-lam)*h[perm]`` and the one-hot targets the same way, and uses ``F.cross_entropy``
+``lam*h + (1-lam)*h[perm]`` and the one-hot targets the same way (``hand_mix`` of
+``tests/hand_mixing.py``, the reference the tests hold the library to), and uses ``F.cross_entropy``
 with those probability targets. The Sequential models (MLP, paper CNN) run their modules one by
 one with the mix between them; the small ResNet's twin has its forward written out (the blocks
-inlined, the model's own modules) with the mix at the drawn block; BERT's twin puts a hand-written
-forward hook on the block for the step. ``reference-confmix-cached`` reads alpha_i from a numpy
+inlined, the model's own modules) with the mix at the drawn block; BERT's twin puts the
+hand-written forward hook (``HandHook``) on the block for the step. ``reference-confmix-cached`` reads alpha_i from a numpy
 cache and writes the outputs' rescaled max softmax back. Twins exist for: paper-mlp (input,
 manifold, confmix-cached), paper-cnn (manifold, confmix-cached), paper-cnn-digits (input, manifold,
 confmix-cached), small-resnet (manifold), bert (manifold).
@@ -69,6 +70,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,6 +79,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import manifold_mixup as mm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from hand_mixing import HandHook, hand_mix  # noqa: E402  (the tests' hand-written reference)
+
+mix_rows = hand_mix  # the name tests/test_benchmarks.py reads
 
 CASE_NAMES = ("paper-mlp", "paper-cnn", "paper-cnn-digits", "small-resnet", "paper-cnn-compiled", "bert",
               "bert-checkpointed")
@@ -253,13 +260,7 @@ def library_step(case: Case, opt: torch.optim.Optimizer, spec: dict[str, Any], s
     return step
 
 
-# --- hand-written twins: no library code ------------------------------------------------------
-
-def mix_rows(h: Tensor, perm: Tensor, lam: Tensor) -> Tensor:
-    """``lam*h + (1-lam)*h[perm]``, lam [B] broadcast over h's trailing dims."""
-    lam = lam.view(-1, *([1] * (h.dim() - 1)))
-    return lam * h + (1 - lam) * h[perm]
-
+# --- hand-written twins: no library code (the mix is tests/hand_mixing.py's) ---------------------
 
 @dataclass
 class Twin:
@@ -279,7 +280,7 @@ def sequential_twin(model: nn.Sequential, x: Tensor, kwargs: dict[str, Any], lay
         h = x
         for mod in mods[:cut]:
             h = mod(h)
-        h = mix_rows(h, perm, lam)
+        h = hand_mix(h, perm, lam)
         for mod in mods[cut:]:
             h = mod(h)
         return h
@@ -297,19 +298,19 @@ def resnet_twin(model: nn.Module, x: Tensor, kwargs: dict[str, Any], layers: Seq
     def forward(perm, lam, layer):
         h = x
         if layer == "input":
-            h = mix_rows(h, perm, lam)
+            h = hand_mix(h, perm, lam)
         h = model.stem(h)
         if layer == "stem":
-            h = mix_rows(h, perm, lam)
+            h = hand_mix(h, perm, lam)
         h = block(model.block1, h)
         if layer == "block1":
-            h = mix_rows(h, perm, lam)
+            h = hand_mix(h, perm, lam)
         h = block(model.block2, h)
         if layer == "block2":
-            h = mix_rows(h, perm, lam)
+            h = hand_mix(h, perm, lam)
         h = model.pool(h)
         if layer == "pool":
-            h = mix_rows(h, perm, lam)
+            h = hand_mix(h, perm, lam)
         return model.fc(model.drop(h))
     return Twin(forward, layers)
 
@@ -323,19 +324,13 @@ def compiled_twin(backend: str) -> Callable[..., Twin]:
 
 
 def hook_twin(model: nn.Module, x: Tensor, kwargs: dict[str, Any], layers: Sequence[str]) -> Twin:
-    """A forward hook written by hand, on the named block for the step (its hidden states are the
-    output, or the output's first element); the model's output's ``.logits``."""
+    """The hand-written forward hook (``HandHook``) on the named block for the step (its hidden
+    states are the output, or the output's first element); the model's output's ``.logits``."""
+    select = {layer: block_select(model, layer, x, kwargs).get(layer) for layer in layers}
 
     def forward(perm, lam, layer):
-        def hook(module, args, out):
-            if isinstance(out, tuple):
-                return (mix_rows(out[0], perm, lam), *out[1:])
-            return mix_rows(out, perm, lam)
-        handle = model.get_submodule(layer).register_forward_hook(hook)
-        try:
+        with HandHook(model.get_submodule(layer), perm, lam, select[layer]):
             return logits_of(model(x, **kwargs))
-        finally:
-            handle.remove()
     return Twin(forward, layers)
 
 
@@ -363,7 +358,7 @@ def twin_step(twin: Twin, opt: torch.optim.Optimizer, y: Tensor, num_classes: in
         lam = torch.from_numpy(lam.astype(np.float32)).to(device)
         perm = torch.from_numpy(rng.permutation(b)).to(device)
         logits = twin.forward(perm, lam, layer)
-        targets = mix_rows(eye.index_select(0, y), perm, lam)
+        targets = hand_mix(eye.index_select(0, y), perm, lam)
         train(opt, F.cross_entropy(logits, targets))
         if alpha == "cached":
             with torch.no_grad():

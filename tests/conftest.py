@@ -1,7 +1,16 @@
-"""Test models and data shared by the test files."""
+"""Test models, data and helpers shared by the test files. The hand-written mixing reference that
+the tests hold the mixer to is ``hand_mixing.py`` (the benchmark's twins use it too)."""
 
+from __future__ import annotations
+
+import warnings
+
+import pytest
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+import manifold_mixup as mm
 
 
 class Residual(nn.Module):
@@ -19,6 +28,36 @@ class Residual(nn.Module):
         return self.head(h)
 
 
+class Block(nn.Module):
+    """A residual block ``h + tanh(fc(h))``."""
+
+    def __init__(self, w: int):
+        super().__init__()
+        self.fc = nn.Linear(w, w)
+        self.act = nn.Tanh()
+
+    def forward(self, h):
+        return h + self.act(self.fc(h))
+
+
+class Blocks(nn.Module):
+    """stem -> residual blocks -> head; ``ckpt`` ("reentrant" or "non-reentrant") runs each block
+    through ``torch.utils.checkpoint``, None runs them plainly."""
+
+    def __init__(self, ckpt: str | None = None, w: int = 8, depth: int = 3, d: int = 4, k: int = 3):
+        super().__init__()
+        self.stem = nn.Linear(d, w)
+        self.blocks = nn.ModuleList(Block(w) for _ in range(depth))
+        self.head = nn.Linear(w, k)
+        self.ckpt = ckpt
+
+    def forward(self, x):
+        h = self.stem(x)
+        for blk in self.blocks:
+            h = blk(h) if self.ckpt is None else checkpoint(blk, h, use_reentrant=self.ckpt == "reentrant")
+        return self.head(h)
+
+
 class LastStep(nn.Module):
     """An LSTM encoder (its output is a tuple: the states and (h, c)) and a head on the last step."""
 
@@ -32,41 +71,55 @@ class LastStep(nn.Module):
         return self.head(out[:, -1])
 
 
+class TupleOut(nn.Module):
+    """An encoder whose output is a tuple (hidden states ``2x``, an extra), and a head [B, 2]."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = Encoder()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h, aux = self.enc(x)
+        return self.head(h) + 0 * aux.sum()
+
+
+class Encoder(nn.Module):
+    def forward(self, x):
+        return x * 2, torch.ones(1)
+
+
+class KwModel(nn.Module):
+    """Token ids [B, T] -> embedding -> body -> head, with extra arguments; returns {"logits": [B, 3]}."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.body = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, input_ids, scale=1.0, mask=None):
+        h = self.emb(input_ids).mean(1) * scale
+        if mask is not None:
+            h = h * mask
+        return {"logits": self.head(torch.relu(self.body(h)))}
+
+
+class FixedAlpha(mm.AlphaPolicy):
+    """A policy that returns ``value`` (a number, or per-row values [B]) whatever the batch."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def alpha(self, epoch, batch_size, **given):
+        return self.value
+
+
 def data(b: int = 6, seed: int = 0, d: int = 4, k: int = 3):
     """Inputs [b, d] and class labels [b] in [0, k), from a seeded generator."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn(b, d, generator=g), torch.randint(0, k, (b,), generator=g)
-
-
-def hand_mix(h, perm, lam):
-    """``lam*h + (1-lam)*h[perm]`` written out by hand (lam [B] broadcast over trailing dims)."""
-    w = lam.to(h.dtype).view((-1,) + (1,) * (h.ndim - 1))
-    return w * h + (1 - w) * h[perm]
-
-
-class HandHook:
-    """An independent reference: a forward hook that mixes the first output of a module (or part
-    ``select`` of a tuple output) by ``hand_mix``; later runs pass through. ``with HandHook(...):``"""
-
-    def __init__(self, module, perm, lam, select=None):
-        self.module, self.perm, self.lam, self.select, self.runs = module, perm, lam, select, 0
-
-    def __call__(self, module, args, out):
-        self.runs += 1
-        if self.runs > 1:
-            return None
-        if self.select is None:
-            return hand_mix(out, self.perm, self.lam)
-        parts = list(out)
-        parts[self.select] = hand_mix(parts[self.select], self.perm, self.lam)
-        return type(out)(parts)
-
-    def __enter__(self):
-        self.handle = self.module.register_forward_hook(self)
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()
 
 
 def grads(model):
@@ -74,3 +127,30 @@ def grads(model):
     out = {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     return out
+
+
+def seeded(seed: int, make):
+    """``make()`` with the global generator seeded (model constructors draw from it), leaving the
+    global random state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
+
+
+def tiny_bert(layers: int = 2, positions: int = 8, labels: int = 3):
+    """A Hugging Face ``BertForSequenceClassification`` from a tiny config (vocabulary 64, hidden 16,
+    no dropout), weights from seed 0, in train mode; the test is skipped without transformers."""
+    tf = pytest.importorskip("transformers")
+    cfg = tf.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=positions, num_labels=labels,
+                        initializer_range=0.5, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return seeded(0, lambda: tf.BertForSequenceClassification(cfg)).train()
+
+
+def assert_hook_free(*modules):
+    """TorchScript compiles each module: it refuses a Python forward hook (such as the mixer's) on
+    a module or its children, which is how a user exporting a model would meet a hook left behind."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # (torch.jit.script is deprecated, not gone)
+        for module in modules:
+            torch.jit.script(module)
