@@ -11,10 +11,10 @@ import os
 
 import pytest
 import torch
-from torch import nn
 
 import manifold_mixup as mm
-from conftest import Residual as _Residual, data
+from conftest import Residual as _Residual, assert_hook_free, data
+from hand_mixing import hand_mix
 from manifold_mixup.paper.ensemble import EnsembleConfig, MemberSpec, predict_ensemble, to_sequential, train_ensemble
 from manifold_mixup.paper.toy import spiral
 
@@ -68,7 +68,7 @@ def test_mixed_step_on_device_equals_the_cpu_step(device, layer, per_sample):
         assert logits.device.type == dev.type and targets.device.type == dev.type
         mm.soft_cross_entropy(logits, targets).backward()
         out.append((logits, targets, mixer.last_plan, [p.grad for p in model.parameters()]))
-        assert not any(m._forward_hooks for m in model.modules())
+        assert_hook_free(model)  # no hook is left after the call
     (lc, tc, pc, gc), (ld, td, pd, gd) = out
     assert pc.layer == pd.layer == layer
     assert torch.equal(pc.perm.cpu(), pd.perm.cpu()) and torch.equal(pc.lam.cpu(), pd.lam.cpu())
@@ -84,13 +84,11 @@ def test_hand_computation_on_device(device):
     mixer = mm.ManifoldMixup(model, "block", alpha=1.0, generator=0)
     logits, targets = mixer(x, y)
     perm, lam, _ = mixer.last_plan
+    perm, lam = perm.to(device), lam.to(device)
     h0 = torch.relu(model.stem(x))
-    hb = model.block(h0)
-    lam2 = lam[:, None].to(device)
-    expect = model.head(h0 + lam2 * hb + (1 - lam2) * hb[perm.to(device)])
+    expect = model.head(h0 + hand_mix(model.block(h0), perm, lam))
     assert _close(logits, expect, 1e-6)
-    onehot = torch.nn.functional.one_hot(y, 3).float()
-    assert _close(targets, lam2 * onehot + (1 - lam2) * onehot[perm.to(device)], 1e-6)
+    assert _close(targets, hand_mix(torch.nn.functional.one_hot(y, 3).float(), perm, lam), 1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
