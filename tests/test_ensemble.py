@@ -233,7 +233,7 @@ def test_epoch_plan_shapes_and_streams():
     (dict(config=EnsembleConfig(batch_size=BATCH, hidden=HIDDEN, memory_budget=1000)), "memory_budget = 1000"),
     (dict(config=EnsembleConfig(batch_size=BATCH, hidden=HIDDEN, memory_budget=0)), "memory_budget must be a finite number of bytes >= 1; got 0"),
     (dict(config=EnsembleConfig(batch_size=BATCH, hidden=HIDDEN, memory_budget=float("inf"))), "memory_budget must be a finite number of bytes >= 1; got inf"),
-    (dict(config=EnsembleConfig(optimizer="rmsprop", hidden=HIDDEN)), "'adam' or 'sgd'"),
+    (dict(config=EnsembleConfig(optimizer="rmsprop", hidden=HIDDEN)), r"config.optimizer must be one of \['adam', 'sgd'\]"),
     (dict(config=EnsembleConfig(epochs=2, batch_size=BATCH, hidden=HIDDEN, eval_epochs=(1, 3))),
      r"eval_epochs must be distinct integers in 1..epochs = 2; got \(1, 3\)"),
     (dict(config=EnsembleConfig(epochs=2, batch_size=BATCH, hidden=HIDDEN, eval_epochs=(1, 1))), "eval_epochs must be distinct"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import manifold_mixup as mm
 
 SRC = Path(mm.__file__).parent
-LIBRARY = ("manifold", "mixing", "policies", "confidence", "checkpointing", "train")
+LIBRARY = ("manifold", "mixing", "policies", "confidence", "checkpointing", "train", "checks")
 
 
 def test_library_modules_import_nothing_from_the_kit():
@@ -43,3 +43,20 @@ def test_the_kit_is_reachable_by_its_paths_and_by_the_short_names():
     from manifold_mixup.paper import toy
 
     assert mm.toy is toy and mm.studies.__name__ == "manifold_mixup.paper.studies"
+
+
+def test_the_command_line_help_and_the_study_registry_import_no_torch():
+    """``--help`` is built from the study registry and the constants the configs check against,
+    none of which imports torch (nor matplotlib or scipy): the work's imports come with the work."""
+    code = ("import sys\n"
+            "from manifold_mixup.paper import cli\n"
+            "from manifold_mixup.paper.studies import studies\n"
+            "for argv in (['--help'], ['depth-study', '--help'], ['confmix-study', '--help'], ['spiral-figure', '--help']):\n"
+            "    try:\n"
+            "        cli.main(argv)\n"
+            "    except SystemExit as e:\n"
+            "        assert e.code == 0, (argv, e.code)\n"
+            "print(sorted(studies()), sorted(m for m in ('torch', 'matplotlib', 'scipy') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "['confmix-study', 'depth-study', 'spiral-figure'] []"

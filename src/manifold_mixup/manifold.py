@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .checks import check_choice, check_int, check_real
 from .checkpointing import checkpoint_keys, expect
 from .confidence import eval_mode, forward_confidence, suffix_cut
 from .mixing import MixPlan, PlanStream, check_alpha, check_class_targets, check_label_range, mix, target_rows
@@ -260,16 +261,13 @@ class ManifoldMixup:
         self.policy = as_policy(alpha)
         if not isinstance(per_sample, bool):
             raise TypeError(f"per_sample must be True or False; got {per_sample!r}")
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):
-            raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}")
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}; got {task!r}")
-        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be a number in [0, 1); got {label_smoothing!r}")
+        if num_classes is not None:
+            check_int("num_classes", num_classes, 2)
+        check_choice("task", task, TASKS)
+        check_real("label_smoothing", label_smoothing, 0, 1, high_open=True)
         self.policy.check(num_classes=num_classes, per_sample=per_sample, task=task)
         _check_needs(self.policy)
-        if validate not in VALIDATE:
-            raise ValueError(f"validate must be one of {VALIDATE}; got {validate!r}")
+        check_choice("validate", validate, VALIDATE)
         if label_smoothing and task != "classification":
             raise ValueError(f"label_smoothing applies to classification targets only; task={task!r}")
         if logits is not None and not callable(logits):

@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checks import ALPHA_MAX, check_seed
+
 __all__ = [
     "MixPlan",
     "PlanStream",
-    "MAX_ALPHA",
     "check_alpha",
     "sample_lambda",
     "draw_plan",
@@ -39,8 +40,6 @@ __all__ = [
     "mixed_cross_entropy",
 ]
 
-# Beta(a, a) is 1/2 to within 1e-6 for a >= 1e12; numpy's sampler returns 0 for a near 1e308.
-MAX_ALPHA = 1e12
 
 
 @dataclass(frozen=True)
@@ -89,28 +88,26 @@ class MixPlan:
 
 
 def check_alpha(alpha: float | Tensor | np.ndarray, name: str = "alpha") -> None:
-    """Raise unless alpha (a number, or per-sample values) is finite, >= 0 and <= ``MAX_ALPHA``."""
+    """Raise unless alpha (a number, or per-sample values) is finite, >= 0 and <= ``ALPHA_MAX``."""
     if isinstance(alpha, (Tensor, np.ndarray)):
         a = alpha.detach().cpu().double().numpy() if isinstance(alpha, Tensor) else np.asarray(alpha, np.float64)
-        bad = ~((a >= 0) & (a <= MAX_ALPHA))
+        bad = ~((a >= 0) & (a <= ALPHA_MAX))
         if bad.any():
-            raise ValueError(f"{name} must be finite, >= 0 and <= {MAX_ALPHA:g} (0 means no mixing); got {a[bad][0]}")
+            raise ValueError(f"{name} must be finite, >= 0 and <= {ALPHA_MAX:g} (0 means no mixing); got {a[bad][0]}")
         return
     if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number >= 0 or an alpha policy; got {type(alpha).__name__}")
-    if not math.isfinite(alpha) or alpha < 0 or alpha > MAX_ALPHA:
-        raise ValueError(f"{name} must be finite, >= 0 and <= {MAX_ALPHA:g} (0 means no mixing; Beta(alpha, alpha) "
+    if not math.isfinite(alpha) or alpha < 0 or alpha > ALPHA_MAX:
+        raise ValueError(f"{name} must be finite, >= 0 and <= {ALPHA_MAX:g} (0 means no mixing; Beta(alpha, alpha) "
                          f"is 1/2 to within 1e-6 at the limit); got {alpha}")
 
 
 def _seed_of(generator: torch.Generator | int | None, name: str = "generator") -> int:
     """An int seed: the int itself, or one draw from a CPU torch.Generator (None: torch's default one)."""
     if isinstance(generator, (int, np.integer)) and not isinstance(generator, (bool, np.bool_)):
-        if generator < 0:
-            raise ValueError(f"{name} as an int seed must be >= 0; got {generator}")
-        return int(generator)
+        return check_seed(name, generator)
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"{name} must be a torch.Generator, an int seed >= 0 or None; got {type(generator).__name__}")
+        raise TypeError(f"{name} must be a torch.Generator, an int seed or None; got {type(generator).__name__}")
     if generator is not None and generator.device.type != "cpu":
         raise ValueError(f"{name} must be a CPU torch.Generator (plans are drawn on the CPU); got one on {generator.device}")
     return int(torch.randint(0, 2**62, (1,), generator=generator).item())

@@ -32,17 +32,16 @@ Policies (DESIGN.md):
 from __future__ import annotations
 
 import copy
-import math
-import numbers
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .checks import CONFIDENCES, SCHEDULES, check_choice, check_real
 from .mixing import check_alpha
 
-__all__ = ["AlphaPolicy", "Constant", "RampUp", "RampDown", "ConfMix", "HalfConfMix", "as_policy", "confmix_alpha"]
+__all__ = ["AlphaPolicy", "Constant", "RampUp", "RampDown", "ConfMix", "HalfConfMix", "as_policy", "confmix_alpha", "schedule"]
 
 NEEDS = frozenset({"confidence", "index"})
 
@@ -62,9 +61,7 @@ class AlphaPolicy:
         """Tell the policy where training stands, in epochs (fractional allowed)."""
         if isinstance(epoch, Tensor) and epoch.numel() == 1:
             epoch = epoch.item()
-        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Real) or not math.isfinite(epoch) or epoch < 0:
-            raise ValueError(f"epoch must be a finite number >= 0; got {epoch!r}")
-        self.epoch = float(epoch)
+        self.epoch = check_real("epoch", epoch, 0)
 
     def alpha_at(self, epoch: float) -> float:
         raise NotImplementedError(f"{type(self).__name__} must implement alpha_at(epoch) or alpha(...)")
@@ -137,18 +134,12 @@ class Constant(AlphaPolicy):
         return self.value
 
 
-def _check_half_life(half_life: float) -> float:
-    if isinstance(half_life, bool) or not isinstance(half_life, numbers.Real) or not math.isfinite(half_life) or half_life <= 0:
-        raise ValueError(f"half_life must be a finite number of epochs > 0; got {half_life!r}")
-    return float(half_life)
-
-
 class RampUp(AlphaPolicy):
     """alpha(t) = 1 - 2**(-t / half_life): 0 at the start, 1/2 after one half-life, -> 1."""
 
     def __init__(self, half_life: float = 25.0) -> None:
         super().__init__()
-        self.half_life = _check_half_life(half_life)
+        self.half_life = check_real("half_life", half_life, 0, low_open=True)
 
     def alpha_at(self, epoch: float) -> float:
         return 1.0 - 2.0 ** (-epoch / self.half_life)
@@ -159,7 +150,7 @@ class RampDown(AlphaPolicy):
 
     def __init__(self, half_life: float = 25.0) -> None:
         super().__init__()
-        self.half_life = _check_half_life(half_life)
+        self.half_life = check_real("half_life", half_life, 0, low_open=True)
 
     def alpha_at(self, epoch: float) -> float:
         return 2.0 ** (-epoch / self.half_life)
@@ -207,11 +198,8 @@ class ConfMix(AlphaPolicy):
 
     def __init__(self, warmup_epochs: float = 5, half: bool = False, confidence: str = "fresh") -> None:
         super().__init__()
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, numbers.Real) or not 0 <= warmup_epochs < math.inf:
-            raise ValueError(f"warmup_epochs M must be a finite number >= 0; got {warmup_epochs!r}")
-        if confidence not in ("fresh", "cached"):
-            raise ValueError(f"confidence must be 'fresh' or 'cached'; got {confidence!r}")
-        self.warmup_epochs = float(warmup_epochs)
+        self.warmup_epochs = check_real("warmup_epochs", warmup_epochs, 0)
+        check_choice("confidence", confidence, CONFIDENCES)
         self.half = bool(half)
         self.confidence = confidence
         self._cache: Tensor | None = None  # float32 [n_samples] max softmax, NaN where unseen
@@ -302,3 +290,14 @@ def as_policy(alpha: float | AlphaPolicy) -> AlphaPolicy:
     if isinstance(alpha, AlphaPolicy):
         return alpha
     return Constant(alpha)
+
+
+def schedule(name: str, *, alpha: float = 0.5, half_life: float = 25.0) -> AlphaPolicy:
+    """The alpha schedule ``name`` (one of ``checks.SCHEDULES``): ``"constant"`` is
+    ``Constant(alpha)``, ``"ramp-up"`` / ``"ramp-down"`` are ``RampUp(half_life)`` /
+    ``RampDown(half_life)`` (which do not use ``alpha``). These depend on the epoch only, so the
+    reference trainer and the paper's vectorised trainer can both follow them."""
+    check_choice("schedule", name, SCHEDULES)
+    if name == "constant":
+        return Constant(alpha)
+    return (RampUp if name == "ramp-up" else RampDown)(half_life)

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .checks import OPTIMIZERS, SGD_MOMENTUM, check_choice, check_real
 from .manifold import ManifoldMixup, eval_mode
 from .mixing import soft_cross_entropy, soft_targets
 from .policies import AlphaPolicy
 
 #: momentum of the SGD optimiser of every trainer of the package (no dampening, no Nesterov)
-SGD_MOMENTUM = 0.9
 
 __all__ = ["TrainResult", "train_classifier", "accuracy", "make_optimizer"]
 
@@ -41,13 +41,10 @@ class TrainResult:
 def make_optimizer(params, name: str, lr: float) -> torch.optim.Optimizer:
     """``torch.optim.Adam(lr)`` (the default of the studies) or ``torch.optim.SGD(lr, momentum=0.9)``
     (``SGD_MOMENTUM``; no dampening, no Nesterov): the same two optimisers as the vectorised trainer."""
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0; got {lr}")
-    if name == "adam":
+    check_real("lr", lr, 0, low_open=True)
+    if check_choice("optimizer", name, OPTIMIZERS) == "adam":
         return torch.optim.Adam(params, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM)
-    raise ValueError(f"optimizer must be 'adam' or 'sgd'; got {name!r}")
+    return torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM)
 
 
 @torch.no_grad()

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import ImageDataset, check_fraction, check_seed, make_dataset, train_subset
+from ..checks import STUDY_SEED_MAX, check_real, check_seed
+from .images import ImageDataset, make_dataset, train_subset
 
 __all__ = ["CIFAR10_MD5", "load_cifar10", "BIN_FOLDER", "PY_FOLDER"]
 
@@ -703,8 +704,8 @@ def load_cifar10(
     """
     if data_dir is None:
         raise ValueError("data_dir is required for CIFAR-10: a folder or archive path")
-    train_fraction = check_fraction(train_fraction)
-    seed = check_seed(seed)
+    train_fraction = check_real("train_fraction", train_fraction, 0, 1, low_open=True)
+    seed = check_seed("seed", seed, STUDY_SEED_MAX)
     table = CIFAR10_MD5 if checksums is None else checksums
     folder, fmt = _locate_cifar10(
         Path(data_dir), None if cache_dir is None else Path(cache_dir), table

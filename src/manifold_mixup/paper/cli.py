@@ -1,7 +1,9 @@
-"""The ``manifold-mixup`` command: thin wrappers that map flags onto study configs.
+"""The ``manifold-mixup`` command: one subcommand per registered study (``studies.protocol``),
+built from its ``Study`` record, and ``figure2``.
 
 Every flag defaults to None and, when given, replaces one field of the study's config (a frozen
-dataclass, or a preset of one); the defaults live there only, and ``--help`` shows them.
+dataclass, or a preset of one); the defaults live there only, and ``--help`` shows them. Building
+the parser imports no torch: ``--help`` is fast, and the work's imports come with the work.
 Anything a user can cause (a bad setting, a path that cannot be written, a full disk, a folder
 in use, Ctrl-C) ends in one line on stderr and a non-zero exit; finished shards are kept.
 """
@@ -19,200 +21,114 @@ __all__ = ["main"]
 # to leave torch alone). BENCHMARKS.md, "Under load", has the measurements.
 THREADING_ENV = {"MANIFOLD_MIXUP_THREADS": "auto"}
 
-# (flag, config field, type, nargs, metavar, meaning)
-_DEPTH_FLAGS = [
-    ("--problems-per-k", "problems_per_k", int, None, "N", "toy problems per number of classes K"),
-    ("--ks", "ks", int, "+", "K", "numbers of classes, e.g. 2 3 4 5"),
-    ("--components", "components", int, None, "N", "Gaussian components per class"),
-    ("--mean-range", "mean_range", float, 2, ("LO", "HI"), "range the component means are drawn from"),
-    ("--sigma-range", "sigma_range", float, 2, ("LO", "HI"), "range the shared sigma is drawn from (0 < LO < HI)"),
-    ("--n-train", "n_train", int, None, "N", "training samples per problem (a multiple of the batch size)"),
-    ("--hidden", "hidden", int, "+", "W", "hidden widths of the MLP, e.g. 512 512 512"),
-    ("--epochs", "epochs", int, None, "E", "training epochs"),
-    ("--eval-epochs", "eval_epochs", int, "+", "E",
-     "also evaluate every model after these epochs of the same run (the last is always evaluated); "
-     "results.csv has one row per problem, method and evaluated epoch"),
-    ("--batch-size", "batch_size", int, None, "B", "mini-batch size"),
-    ("--lr", "lr", float, None, "LR", "learning rate"),
-    ("--optimizer", "optimizer", str, None, "{adam,sgd}", "optimiser"),
-    ("--alpha", "alpha", float, None, "A", "mixing strength: lambda ~ Beta(A, A), 0 < A <= 1e6"),
-    ("--methods", "methods", str, "+", "M", "methods: baseline (ERM) and k0 (input) .. k<depth>"),
-    ("--grid-resolution", "grid_resolution", int, None, "R", "quadrature cells along the longer side (8..4096)"),
-    ("--mmlb-samples", "mmlb_samples", int, None, "S", "Monte Carlo samples of the MMLB"),
-    ("--problems-per-shard", "problems_per_shard", int, None, "N", "problems per shard (unit of resumption)"),
-    ("--seed", "seed", int, None, "S", "seed of every problem, data set, initialisation and plan"),
-]
-_CONFMIX_FLAGS = [
-    ("--dataset", "dataset", str, None, "{digits,cifar10,fashion-mnist}", "image data set"),
-    ("--data-dir", "data_dir", str, None, "DIR", "local CIFAR-10 folder or archive, or the folder of Fashion-MNIST's "
-     "four idx files (fashion-mnist without it: /usr/share/datasets/fashion-mnist, the Debian package's)"),
-    ("--train-fraction", "train_fraction", float, None, "F", "stratified share of the training images, in (0, 1]"),
-    ("--min-steps-per-epoch", "min_steps_per_epoch", int, None, "S",
-     "the batch shrinks to n_train // S when needed, so that an epoch has >= S steps"),
-    ("--seeds", "seeds", int, None, "N", "seeds per method (paired comparisons)"),
-    ("--epochs", "epochs", int, None, "E", "training epochs"),
-    ("--batch-size", "batch_size", int, None, "B", "mini-batch size"),
-    ("--lr", "lr", float, None, "LR", "learning rate"),
-    ("--optimizer", "optimizer", str, None, "{adam,sgd}", "optimiser"),
-    ("--alpha", "alpha", float, None, "A", "alpha of fixed-alpha mixup"),
-    ("--warmup-epochs", "warmup_epochs", int, None, "M", "ConfMix's epochs of plain ERM first"),
-    ("--half-life", "half_life", float, None, "H", "half-life of the alpha ramps, epochs"),
-    ("--confidence", "confidence", str, None, "{fresh,cached}", "ConfMix's confidence: a fresh forward or last epoch's"),
-    ("--methods", "methods", str, "+", "M", "methods: erm, {input,manifold}-{mixup,confmix,half-confmix,ramp-up,ramp-down}"),
-    ("--seed", "seed", int, None, "S", "seed of the split, the subset, the initial weights and the data order"),
-    ("--device", "device", str, None, "DEV", "cpu, cuda, cuda:N or auto"),
-]
-_SPIRAL_FLAGS = [
-    ("--n", "n", int, None, "N", "spiral points"),
-    ("--noise", "noise", float, None, "S", "noise of the spiral points"),
-    ("--hidden", "hidden", int, "+", "W", "hidden widths of the MLP"),
-    ("--epochs", "epochs", int, None, "E", "training epochs"),
-    ("--batch-size", "batch_size", int, None, "B", "mini-batch size"),
-    ("--lr", "lr", float, None, "LR", "learning rate"),
-    ("--alpha", "alpha", float, None, "A", "mixing strength: lambda ~ Beta(A, A)"),
-    ("--resolution", "resolution", int, None, "R", "pixels per side of each decision-region panel"),
-    ("--seed", "seed", int, None, "S", "seed of the data, the initial weights and the data order"),
-]
+DESCRIPTION = ("Reproduce and extend the studies of 'On Manifold Mixup for Deep Learning': one subcommand per "
+               "study or figure. Every flag of a study replaces one setting of its preset; rerun the same command "
+               "to resume a stopped study.")
 
 
 def _fmt(v) -> str:
     return (" ".join(map(str, v)) or "none") if isinstance(v, (tuple, list)) else str(v)
 
 
-def _add_flags(p, flags, defaults: dict) -> None:
-    """One flag per config field, default None; the help names the config's default(s).
-    ``defaults``: {label: config} (several for presets)."""
-    for flag, field, typ, nargs, metavar, meaning in flags:
-        shown = {label: _fmt(getattr(cfg, field)) for label, cfg in defaults.items()}
+def _help(text: str, default: str) -> str:
+    return f"{text} (default: {default})".replace("%", "%%")
+
+
+def _metavar(f):
+    return "{" + ",".join(map(str, f.choices)) + "}" if f.choices else f.metavar
+
+
+def _add_flags(p, study) -> None:
+    """One flag per config field the study lists, default None; the help names the presets' default(s)."""
+    for f in study.flags:
+        shown = {label: _fmt(getattr(cfg, f.field)) for label, cfg in study.presets.items()}
         if len(set(shown.values())) == 1:
             default = next(iter(shown.values()))
         else:
             default = ", ".join(f"{label}: {v}" for label, v in shown.items())
-        kw = {"choices": None}
-        if isinstance(metavar, str) and metavar.startswith("{"):
-            kw["choices"] = metavar[1:-1].split(",")
-        p.add_argument(flag, dest=field, type=typ, nargs=nargs, metavar=metavar, default=None,
-                       help=f"{meaning} (default: {default})".replace("%", "%%"), **kw)
+        p.add_argument(f.flag, dest=f.field, type=f.type, nargs=f.nargs, metavar=_metavar(f), default=None,
+                       choices=f.choices, help=_help(f.help, default))
 
 
-def _apply(base, a, flags):
-    """``base`` with every given flag's value (tuples for list flags)."""
-    from dataclasses import replace
-
-    over = {}
-    for _, field, _, nargs, _, _ in flags:
-        v = getattr(a, field)
-        if v is not None:
-            over[field] = tuple(v) if nargs is not None else v
-    return replace(base, **over)
-
-
-def _default(fn, name: str):
-    """The default of ``fn``'s argument ``name``: flags of function arguments show it, not repeat it."""
+def _add_options(p, study) -> None:
+    """The study's ``run`` keywords (a device, workers; and for sharded studies the executor)."""
     import inspect
 
-    return inspect.signature(fn).parameters[name].default
-
-
-def _given(a, *names) -> dict:
-    """The flags among ``names`` that were given (the others keep the function's defaults)."""
-    return {n: getattr(a, n) for n in names if getattr(a, n) is not None}
-
-
-def _add_executor(p, run) -> None:
-    p.add_argument("--executor", choices=["local", "ray"], default=None,
-                   help=f"run shards in-process or as Ray tasks (default: {_default(run, 'executor')})")
-    p.add_argument("--address", default=None, help="Ray cluster address (host:port, ray://host:port or auto)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    defaults = {n: v.default for n, v in inspect.signature(study.run).parameters.items()}
+    for f in study.options:
+        p.add_argument(f.flag, dest=f.field, type=f.type, metavar=_metavar(f), default=None, choices=f.choices,
+                       help=_help(f.help, defaults[f.field]))
+    if study.sharded:
+        p.add_argument("--executor", choices=["local", "ray"], default=None,
+                       help=_help("run shards in this process or as Ray tasks", defaults["executor"]))
+        p.add_argument("--address", default=None, help="Ray cluster address (host:port, ray://host:port or auto)")
+        p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _parser():
     import argparse
 
-    from .plots import figure2
-    from .studies.confmix import PRESETS as CONFMIX_PRESETS, run_confmix_study
-    from .studies.depth import PRESETS, run_depth_study
-    from .studies.spiral import SpiralConfig
-
     from .. import __version__
+    from .constants import FIGURE2_SEED
+    from .studies import studies
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):  # one line, naming the command, without the usage block
             self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     # allow_abbrev=False: a mistyped flag (--epoch) is an error, not taken for another (--epochs)
-    ap = Parser(prog="manifold-mixup", description=__doc__.split("\n")[0], allow_abbrev=False)
+    ap = Parser(prog="manifold-mixup", description=DESCRIPTION, allow_abbrev=False)
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True)
-
-    d = sub.add_parser("depth-study", allow_abbrev=False, help="Table 1 and Figures 2-3: excess risk of mixing at each depth on toy problems")
-    d.add_argument("--preset", choices=list(PRESETS), default="quick", help="the settings every flag below replaces (default: quick)")
-    d.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
-    _add_flags(d, _DEPTH_FLAGS, PRESETS)
-    d.add_argument("--device", default=None,
-                   help=f"cpu, cuda, cuda:N or auto (default: {_default(run_depth_study, 'device')})")
-    _add_executor(d, run_depth_study)
-
-    c = sub.add_parser("confmix-study", allow_abbrev=False, help="Table 2: ConfMix, ramps and mixup on images, several seeds")
-    c.add_argument("--preset", choices=list(CONFMIX_PRESETS), default="paper",
-                   help="the settings every flag below replaces (default: paper, the paper's protocol; cpu: Table 2 "
-                        "on Fashion-MNIST in about 10 minutes on 2 CPU cores)")
-    c.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
-    _add_flags(c, _CONFMIX_FLAGS, CONFMIX_PRESETS)
-    _add_executor(c, run_confmix_study)
-    c.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="train N shards at once in local processes, on one GPU or on the CPU's cores "
-                        f"(default: {_default(run_confmix_study, 'workers')})")
-
-    s = sub.add_parser("spiral-figure", allow_abbrev=False, help="Figure 1: decision regions on a two-arm spiral, ERM and mixing at each depth")
-    s.add_argument("--out", required=True, help="output folder for spiral.png")
-    _add_flags(s, _SPIRAL_FLAGS, {"": SpiralConfig()})
-
-    f = sub.add_parser("figure2", allow_abbrev=False, help="Figure 2: one toy problem (K = 3, N = 5), samples and Bayes regions, as PNG")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    for study in studies().values():
+        p = sub.add_parser(study.name, allow_abbrev=False, help=study.help, description=study.description)
+        if len(study.presets) > 1:
+            p.add_argument("--preset", choices=list(study.presets), default=study.default,
+                           help=_help(f"the settings every flag below replaces; {study.preset_help}", study.default))
+        p.add_argument("--out", required=True, help=study.out_help)
+        _add_flags(p, study)
+        _add_options(p, study)
+    f = sub.add_parser("figure2", allow_abbrev=False, help=FIGURE2_HELP, description=FIGURE2_HELP + ".")
     f.add_argument("--out", required=True, help="PNG file to write")
     f.add_argument("--seed", type=int, default=None,
-                   help=f"seed of the problem (seed + 1 draws the samples) (default: {_default(figure2, 'seed')})")
+                   help=_help("seed of the problem (seed + 1 draws the samples)", FIGURE2_SEED))
     return ap
 
 
-def _depth(a) -> dict:
-    from .studies.depth import PRESETS, run_depth_study
-
-    cfg = _apply(PRESETS[a.preset], a, _DEPTH_FLAGS)
-    res = run_depth_study(cfg, a.out, progress=not a.no_progress, **_given(a, "executor", "address", "device"))
-    return {m: round(v["excess_pp"], 3) for m, v in res["table1"].items()}
+FIGURE2_HELP = "Figure 2: one toy problem (K = 3, N = 5), samples and Bayes regions, as PNG"
 
 
-def _confmix(a) -> dict:
-    from .studies.confmix import PRESETS, run_confmix_study
+def _run_study(study, a) -> dict:
+    """The study's preset with the given flags, run into ``--out``; what it prints of the result."""
+    from dataclasses import replace
 
-    cfg = _apply(PRESETS[a.preset], a, _CONFMIX_FLAGS)
-    res = run_confmix_study(cfg, a.out, progress=not a.no_progress, **_given(a, "executor", "address", "workers"))
-    return {m: round(v["mean"], 2) for m, v in res["table"].items()}
-
-
-def _spiral(a) -> dict:
-    from .studies.spiral import SpiralConfig, run_spiral_figure
-
-    return run_spiral_figure(_apply(SpiralConfig(), a, _SPIRAL_FLAGS), a.out)["train_accuracy"]
+    cfg = study.presets[getattr(a, "preset", None) or study.default]
+    over = {f.field: tuple(getattr(a, f.field)) if f.nargs is not None else getattr(a, f.field)
+            for f in study.flags if getattr(a, f.field) is not None}
+    options = {f.field: getattr(a, f.field) for f in study.options if getattr(a, f.field) is not None}
+    if study.sharded:
+        options.update({n: getattr(a, n) for n in ("executor", "address") if getattr(a, n) is not None})
+        options["progress"] = not a.no_progress
+    return study.brief(study.run(replace(cfg, **over), a.out, **options))
 
 
 def _figure2(a) -> dict:
     from pathlib import Path
 
-    from .plots import figure2
+    from ..checks import STUDY_SEED_MAX, check_int
+    from .constants import FIGURE2_SEED
     from .files import remove_stale_temp
-    from .studies.report import check_int
+    from .plots import figure2
 
     if a.seed is not None:
-        check_int("seed", a.seed, 0, 2**32 - 2)
+        check_int("seed", a.seed, 0, STUDY_SEED_MAX - 1)
     out = Path(a.out)
     for folder in (out.parent, out.parent.parent):  # a study's folder (or its shards folder) is the study's alone
         if os.path.lexists(folder / "manifest.json"):
             raise ValueError(f"--out {a.out} is inside the study folder {folder}: figure2 never writes into a "
                              "study's folder; choose a path outside it")
     remove_stale_temp(out)
-    figure2(out, **_given(a, "seed"))
+    figure2(out, seed=FIGURE2_SEED if a.seed is None else a.seed)
     return {"written": str(a.out)}
 
 
@@ -302,8 +218,9 @@ def _main(argv: list[str] | None, held: list[int]) -> int:
     import signal
 
     given = sys.argv[1:] if argv is None else argv
-    command = next((a for a in given if a in ("depth-study", "confmix-study", "spiral-figure", "figure2")), "")
+    command = next((a for a in given if not a.startswith("-")), "")
     try:
+        import functools
         import json
         import time
 
@@ -318,7 +235,12 @@ def _main(argv: list[str] | None, held: list[int]) -> int:
         _one_line_warnings(command)
         from .files import StudyMismatchError
 
-        run = {"depth-study": _depth, "confmix-study": _confmix, "spiral-figure": _spiral, "figure2": _figure2}[command]
+        if command == "figure2":
+            run = _figure2
+        else:
+            from .studies import studies
+
+            run = functools.partial(_run_study, studies()[command])
         _handle_interrupts(signal.default_int_handler)  # the imports are done: Ctrl-C and SIGTERM stop the work
         if held:
             raise KeyboardInterrupt

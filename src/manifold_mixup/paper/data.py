@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import os
 
+from .constants import DATASETS
 from .cifar10 import BIN_FOLDER, PY_FOLDER, load_cifar10
 from .digits import load_digits
 from .images import ImageDataset
 
 __all__ = ["DATASETS", "load_dataset"]
-
-
-#: Names accepted by :func:`load_dataset`.
-DATASETS: tuple[str, ...] = ("digits", "cifar10", "fashion-mnist")
 
 
 def load_dataset(

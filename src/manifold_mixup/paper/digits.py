@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .images import ImageDataset, check_fraction, check_seed, make_dataset, train_subset
+from ..checks import STUDY_SEED_MAX, check_real, check_seed
+from .images import ImageDataset, make_dataset, train_subset
 
 __all__ = ["load_digits"]
 
@@ -26,14 +27,14 @@ def load_digits(seed: int = 0, test_fraction: float = 0.25, train_fraction: floa
     from sklearn.datasets import load_digits as _sk_load_digits
     from sklearn.model_selection import train_test_split
 
-    seed = check_seed(seed)
+    seed = check_seed("seed", seed, STUDY_SEED_MAX)
     if isinstance(test_fraction, bool) or not isinstance(
         test_fraction, (int, float, np.floating)
     ) or not (0.0 < float(test_fraction) < 1.0):
         raise ValueError(
             f"test_fraction must be a float strictly between 0 and 1; got {test_fraction!r}"
         )
-    train_fraction = check_fraction(train_fraction)
+    train_fraction = check_real("train_fraction", train_fraction, 0, 1, low_open=True)
     bunch = _sk_load_digits()
     x = np.asarray(bunch.data, dtype=np.float64).reshape(-1, 1, 8, 8)
     y = np.asarray(bunch.target, dtype=np.int64)

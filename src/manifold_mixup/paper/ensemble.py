@@ -68,6 +68,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..checks import OPTIMIZERS, SGD_MOMENTUM, check_choice, check_int, check_real, check_seed, check_sizes
+from ..mixing import check_alpha
+from ..policies import AlphaPolicy, as_policy
 from .models import mlp, mlp_init
 
 __all__ = [
@@ -75,7 +78,6 @@ __all__ = [
     "EnsembleConfig",
     "EnsembleParams",
     "PLAN_STREAM",
-    "SGD_MOMENTUM",
     "epoch_plan",
     "train_ensemble",
     "predict_ensemble",
@@ -85,9 +87,6 @@ __all__ = [
 
 #: spawn-key tag that separates the plan stream (numpy) from anything else derived from a seed.
 PLAN_STREAM = 0x6D6978  # "mix"
-
-#: the momentum of every SGD in the package (``torch.optim.SGD(momentum=0.9)``: no dampening, no Nesterov).
-from ..train import SGD_MOMENTUM  # noqa: E402  (the library's, shared with train_classifier)
 
 #: added to padded logits: exp() of it is exactly 0, and unlike -inf it keeps 0 * log p = 0.
 _PAD_LOGIT = -1e30
@@ -108,11 +107,14 @@ _DRAWS_BUDGET = 256 << 20
 @dataclass(frozen=True)
 class MemberSpec:
     """One member: ``seed`` (int >= 0) for init and plans; ``mix_layer`` None (ERM), 0 (input) or
-    j in 1..depth (after the j-th hidden ReLU); ``alpha`` >= 0, lambda ~ Beta(alpha, alpha) per sample."""
+    j in 1..depth (after the j-th hidden ReLU); ``alpha``: a number >= 0 or an ``AlphaPolicy``
+    that depends on the epoch only (``Constant``, ``RampUp``, ``RampDown``: ``policies.schedule``),
+    lambda ~ Beta(alpha, alpha) per sample, alpha read at ``epoch + b / batches`` for batch b, as
+    ``train.train_classifier`` reads it for ``ManifoldMixup``."""
 
     seed: int
     mix_layer: int | None = None
-    alpha: float = 0.5
+    alpha: float | AlphaPolicy = 0.5
 
 
 @dataclass(frozen=True)
@@ -180,12 +182,32 @@ class EnsembleParams:
 
 # -- randomness ------------------------------------------------------------------------------
 
-def epoch_plan(seed: int, epoch: int, n: int, batch_size: int, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+def batch_alphas(alpha: float | AlphaPolicy, epoch: int, batches: int, batch_size: int) -> list[float]:
+    """The alpha of each of an epoch's ``batches``: a number throughout, or what the policy gives
+    at ``epoch + b / batches`` (the clock ``train_classifier`` sets for the mixer before batch b)."""
+    if not isinstance(alpha, AlphaPolicy):
+        return [float(alpha)] * batches
+    out = []
+    for b in range(batches):
+        a = alpha.alpha(epoch + b / batches, batch_size)
+        check_alpha(a, f"{type(alpha).__name__}'s alpha at epoch {epoch + b / batches:g}")
+        out.append(float(a))
+    return out
+
+
+def _plan_key(alpha: float | AlphaPolicy) -> str:
+    """Members whose alphas have the same key draw the same plans (a number and its ``Constant``)."""
+    return repr(as_policy(alpha))
+
+
+def epoch_plan(seed: int, epoch: int, n: int, batch_size: int,
+               alpha: float | AlphaPolicy) -> tuple[Tensor, Tensor, Tensor]:
     """One member's randomness for one epoch: ``(order [n], perm [n_batches, B], lam [n_batches, B])``.
 
     order: LongTensor, the data order (batch b is ``order[b*B:(b+1)*B]``); perm: LongTensor, each
     row a permutation of 0..B-1 (the mixing partner of row i is row perm[b, i] of the batch);
-    lam: float64 Tensor, lambda ~ Beta(alpha, alpha) per sample (all 1 when alpha = 0).
+    lam: float64 Tensor, lambda ~ Beta(alpha, alpha) per sample, alpha from :func:`batch_alphas`
+    (all 1 in a batch whose alpha is 0: nothing is drawn for it).
     Drawn, in this order, from ``np.random.default_rng(SeedSequence(seed, spawn_key=(PLAN_STREAM, epoch)))``.
     The same draws are made whatever the mixing layer, so methods sharing a seed share data order.
     """
@@ -195,7 +217,15 @@ def epoch_plan(seed: int, epoch: int, n: int, batch_size: int, alpha: float) -> 
     rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(PLAN_STREAM, int(epoch))))
     order = rng.permutation(n)
     perm = rng.permuted(np.broadcast_to(np.arange(batch_size), (nb, batch_size)), axis=1)
-    lam = rng.beta(alpha, alpha, size=(nb, batch_size)) if alpha > 0 else np.ones((nb, batch_size))
+    alphas = batch_alphas(alpha, epoch, nb, batch_size)
+    if len(set(alphas)) == 1:  # one alpha for the epoch: one draw of all its lambdas
+        a = alphas[0]
+        lam = rng.beta(a, a, size=(nb, batch_size)) if a > 0 else np.ones((nb, batch_size))
+    else:  # batch by batch, in order
+        lam = np.ones((nb, batch_size))
+        for b, a in enumerate(alphas):
+            if a > 0:
+                lam[b] = rng.beta(a, a, size=batch_size)
     return torch.from_numpy(order), torch.from_numpy(perm), torch.from_numpy(lam)
 
 
@@ -212,7 +242,7 @@ class _Draws:
         self.total = Counter()
         for s, k in zip(specs, ks):
             self.total["init", int(s.seed), int(k)] += 1
-            self.total["plan", int(s.seed), float(s.alpha)] += 1
+            self.total["plan", int(s.seed), _plan_key(s.alpha)] += 1
         self.taken: Counter = Counter()
         self.kept: dict = {}
         self.budget, self.bytes = _DRAWS_BUDGET if budget is None else budget, 0
@@ -240,9 +270,10 @@ class _Draws:
         return self._take((*group, tuple(sizes)), group,
                           lambda: mlp_init(sizes, torch.Generator().manual_seed(int(seed))))
 
-    def plan(self, seed: int, epoch: int, n: int, batch_size: int, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+    def plan(self, seed: int, epoch: int, n: int, batch_size: int,
+             alpha: float | AlphaPolicy) -> tuple[Tensor, Tensor, Tensor]:
         """``epoch_plan(seed, epoch, n, batch_size, alpha)`` (read-only: shared between members)."""
-        group = ("plan", int(seed), float(alpha))
+        group = ("plan", int(seed), _plan_key(alpha))
         return self._take((*group, int(epoch), int(n), int(batch_size)), group,
                           lambda: epoch_plan(seed, epoch, n, batch_size, alpha))
 
@@ -256,47 +287,45 @@ def _flat(value) -> list[Tensor]:
 # -- validation ------------------------------------------------------------------------------
 
 def _check_config(config: EnsembleConfig) -> None:
-    if not isinstance(config.epochs, int) or config.epochs < 1:
-        raise ValueError(f"config.epochs must be an integer >= 1; got {config.epochs!r}")
-    if not isinstance(config.batch_size, int) or config.batch_size < 2:
-        raise ValueError(f"config.batch_size must be an integer >= 2 (mixing pairs rows); got {config.batch_size!r}")
-    if config.optimizer not in ("adam", "sgd"):
-        raise ValueError(f"config.optimizer must be 'adam' or 'sgd'; got {config.optimizer!r}")
-    if not (config.lr > 0 and math.isfinite(config.lr)):
-        raise ValueError(f"config.lr must be a finite number > 0; got {config.lr!r}")
-    if not config.hidden or any(not isinstance(h, int) or h < 1 for h in config.hidden):
-        raise ValueError(f"config.hidden must be a non-empty tuple of positive integers; got {config.hidden!r}")
+    check_int("config.epochs", config.epochs, 1)
+    check_int("config.batch_size", config.batch_size, 2)  # mixing pairs rows
+    check_choice("config.optimizer", config.optimizer, OPTIMIZERS)
+    check_real("config.lr", config.lr, 0, low_open=True)
+    check_sizes("config.hidden", config.hidden)
     if config.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"config.dtype must be torch.float32 or torch.float64; got {config.dtype}")
     mb = config.memory_budget
     if isinstance(mb, bool) or not isinstance(mb, numbers.Real) or not math.isfinite(mb) or mb < 1:
         raise ValueError(f"config.memory_budget must be a finite number of bytes >= 1; got {mb!r}")
-    if config.chunk_models is not None and (not isinstance(config.chunk_models, int) or config.chunk_models < 1):
-        raise ValueError(f"config.chunk_models must be None or an integer >= 1; got {config.chunk_models!r}")
+    if config.chunk_models is not None:
+        check_int("config.chunk_models", config.chunk_models, 1)
     ev = config.eval_epochs
     if (not isinstance(ev, (tuple, list)) or len(set(ev)) != len(ev)
             or any(isinstance(e, bool) or not isinstance(e, (int, np.integer)) or not 1 <= e <= config.epochs for e in ev)):
         raise ValueError(f"config.eval_epochs must be distinct integers in 1..epochs = {config.epochs}; got {ev!r}")
     for name in ("workers", "threads_per_worker"):
-        v = getattr(config, name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"config.{name} must be None or an integer >= 1; got {v!r}")
+        if getattr(config, name) is not None:
+            check_int(f"config.{name}", getattr(config, name), 1)
 
 
 def _check_specs(specs: Sequence[MemberSpec], depth: int) -> None:
     for i, s in enumerate(specs):
         if not isinstance(s, MemberSpec):
             raise TypeError(f"specs[{i}] must be a MemberSpec; got {type(s).__name__}")
-        if isinstance(s.seed, bool) or not isinstance(s.seed, (int, np.integer)) or s.seed < 0:
-            raise ValueError(f"specs[{i}].seed must be an integer >= 0; got {s.seed!r}")
+        check_seed(f"specs[{i}].seed", s.seed)
         if s.mix_layer is not None and (
             isinstance(s.mix_layer, bool) or not isinstance(s.mix_layer, (int, np.integer)) or not 0 <= s.mix_layer <= depth
         ):
             raise ValueError(
                 f"specs[{i}].mix_layer must be None (ERM), 0 (input) or a hidden layer 1..{depth}; got {s.mix_layer!r}"
             )
-        if isinstance(s.alpha, bool) or not isinstance(s.alpha, (int, float)) or not math.isfinite(s.alpha) or s.alpha < 0:
-            raise ValueError(f"specs[{i}].alpha must be a finite number >= 0 (0 = no mixing); got {s.alpha!r}")
+        if isinstance(s.alpha, AlphaPolicy):
+            if s.alpha.needs:
+                raise ValueError(f"specs[{i}].alpha is {type(s.alpha).__name__}, which needs {sorted(s.alpha.needs)} of "
+                                 "each batch; the vectorised trainer follows policies that depend on the epoch only "
+                                 "(Constant, RampUp, RampDown: policies.schedule)")
+        else:
+            check_alpha(s.alpha, f"specs[{i}].alpha")
 
 
 def _bytes_per_model(d: int, hidden: Sequence[int], k: int, n: int, batch: int, config: EnsembleConfig) -> int:

@@ -1,7 +1,7 @@
-"""Executors: running a study's shards. ``"local"`` runs them one after another in this process;
-``"ray"`` submits them as Ray tasks (``pip install manifold-mixup[ray]``) to the cluster at
-``address`` (None starts a local Ray instance). Worker functions must be importable top-level
-functions. ``run_study`` opens the store, runs what is not finished and writes the study's outputs
+"""Executors: running a study's shards. ``"local"`` runs them one after another in this process,
+or ``workers`` at a time in local processes; ``"ray"`` submits them as Ray tasks (``pip install
+manifold-mixup[ray]``) to the cluster at ``address`` (None starts a local Ray instance). Worker
+functions must be importable top-level functions. ``run_study`` opens the store, runs what is not finished and writes the study's outputs
 while it still holds the folder's lock.
 """
 
@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..checks import check_int
 from .files import StudyMismatchError, torch_threads
 from .store import Shard, ShardList, ShardStore
 from .threads import THREADS_ENV, fit_threads_to_load, thread_policy, thread_setting
@@ -107,11 +108,13 @@ def run_shards(
     policy = thread_policy() if executor == "local" else None
     if policy is not None and policy < 0 and not adapt_threads:
         policy = None
-    if not adapt_threads:
+    if not adapt_threads:  # the study's numbers depend on torch's threads: they are recorded and compared
+        threads = 1
         if executor == "local":
-            import torch  # the study's numbers depend on torch's threads: they are recorded and compared
+            import torch
 
-        _refuse_other_threads(store, shards, (shard_threads or torch_threads()) if executor == "local" else 1)
+            threads = shard_threads or torch.get_num_threads()
+        _refuse_other_threads(store, shards, threads)
     bar = tqdm(total=len(shards), desc=desc, unit="shard", disable=not progress, smoothing=0.1)
     if policy is not None and policy < 0:
         import torch
@@ -136,19 +139,70 @@ def run_shards(
 def run_study(out_dir: str | os.PathLike, study: str, settings: dict, shards: Sequence[Shard],
               worker: Callable[[dict], list[dict]], info: dict | None = None, *,
               check: Callable[[dict, list], str | None] | None = None,
-              finish: Callable[[list[dict]], Any] | None = None, **kwargs) -> Any:
+              finish: Callable[[list[dict]], Any] | None = None, workers: int = 1, **kwargs) -> Any:
     """Open the study's :class:`ShardStore` (locking ``out_dir``), run its shards through
     :func:`run_shards` (``kwargs``: executor, address, progress, desc, gpus_per_task, adapt_threads, shard_threads)
     and return all rows, or ``finish(rows)`` when given: it writes the study's outputs while the
     lock is still held, so that no second run can start before the last output is written.
-    The executor, the address and ``MANIFOLD_MIXUP_THREADS`` are checked before anything is
+    ``workers`` > 1 (local executor only) computes that many shards at once in local processes
+    (spawned: CUDA cannot be used in a forked child), torch's threads divided among them.
+    The executor, the address, ``workers`` and ``MANIFOLD_MIXUP_THREADS`` are checked before anything is
     written; ``info`` (what follows from the settings, e.g. a derived batch size) goes into the
     manifest; ``check`` is the study's schema of a shard's rows (see :class:`ShardStore`)."""
-    check_executor(kwargs.get("executor", "local"), kwargs.get("address"))
+    executor = kwargs.get("executor", "local")
+    check_executor(executor, kwargs.get("address"))
+    check_int("workers", workers, 1, 256)
+    if workers > 1 and executor != "local":
+        raise ValueError(f"workers = {workers} runs shards as local processes; it cannot be combined with executor "
+                         f"{executor!r} (give one or the other)")
     thread_setting()
     with ShardStore(out_dir, study, settings, info, check=check) as store:
-        rows = run_shards(store, shards, worker, **kwargs)
+        if workers == 1:
+            rows = run_shards(store, shards, worker, **kwargs)
+        else:
+            rows = _run_in_processes(store, shards, worker, workers, **kwargs)
         return rows if finish is None else finish(rows)
+
+
+class _Lookahead:
+    """The worker when ``workers`` > 1: :func:`run_shards` asks for the unfinished shards in order,
+    one at a time; each answer comes from a pool of processes that is already computing the next ones."""
+
+    def __init__(self, pool, worker, shards: Sequence[Shard], done: Callable[[str], bool], ahead: int) -> None:
+        self.pool, self.worker, self.shards, self.done, self.ahead = pool, worker, shards, done, ahead
+        self.running: dict[int, Any] = {}
+        self.next = 0
+
+    def __call__(self, payload: dict) -> list[dict]:
+        i = next(j for j in range(self.next, len(self.shards)) if self.shards[j].payload == payload)
+        self.next = i + 1
+        for j in range(i, min(i + self.ahead, len(self.shards))):
+            if j not in self.running and (j == i or not self.done(self.shards[j].key)):
+                self.running[j] = self.pool.apply_async(self.worker, (self.shards[j].payload,))
+        return self.running.pop(i).get()
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_in_processes(store: ShardStore, shards: Sequence[Shard], worker, workers: int, **kwargs) -> list[dict]:
+    import multiprocessing
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // workers)
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_set_threads, initargs=(threads,))
+    try:
+        ahead = _Lookahead(pool, worker, shards, lambda key: store.path(key).exists(), 2 * workers)
+        rows = run_shards(store, shards, ahead, shard_threads=threads, **kwargs)
+        pool.close()
+        return rows
+    finally:
+        pool.terminate()  # (after close: the workers have nothing left; on an error: stop them now)
+        pool.join()
 
 
 def check_executor(executor: str, address: str | None) -> None:

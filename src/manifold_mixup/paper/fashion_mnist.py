@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import STUDY_SEED_MAX, check_real, check_seed
+
 __all__ = ["DEFAULT_DIR", "FASHION_MNIST_SHA256", "FILES", "load_fashion_mnist", "read_fashion_mnist", "read_idx"]
 
 #: Where the Debian package ``dataset-fashion-mnist`` installs the files.
@@ -163,10 +165,10 @@ def load_fashion_mnist(
         seed: seed of that subset (unused at 1.0).
         checksums: see :func:`read_fashion_mnist`.
     """
-    from .images import check_fraction, check_seed, make_dataset, train_subset
+    from .images import make_dataset, train_subset
 
-    train_fraction = check_fraction(train_fraction)
-    seed = check_seed(seed)
+    train_fraction = check_real("train_fraction", train_fraction, 0, 1, low_open=True)
+    seed = check_seed("seed", seed, STUDY_SEED_MAX)
     x_train, y_train, x_test, y_test = read_fashion_mnist(data_dir, checksums)
     keep = train_subset(y_train, train_fraction, seed, _CLASSES)
     if len(keep) < len(y_train):

@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOCK_NAME", "TMP_SUFFIX", "MAX_FILE_BYTES", "COUNT_MAX", "StudyMismatchError", "StudyInUseError", "UnreadableFileError", "strict_json", "fingerprint", "os_error", "remove_stale_temp", "write_atomic", "ensure_dir", "read_bytes", "read_json", "versions", "machine_info", "clipped", "torch_threads"]
+__all__ = ["LOCK_NAME", "TMP_SUFFIX", "MAX_FILE_BYTES", "StudyMismatchError", "StudyInUseError", "UnreadableFileError", "strict_json", "fingerprint", "os_error", "remove_stale_temp", "write_atomic", "ensure_dir", "read_bytes", "read_json", "versions", "machine_info", "clipped", "torch_threads"]
 
 
 LOCK_NAME = ".lock"
@@ -32,10 +32,6 @@ TMP_SUFFIX = ".tmp"
 
 #: the most bytes read from one shard or manifest (a file linked to /dev/zero is never read whole)
 MAX_FILE_BYTES = 256 * 2**20
-
-
-#: the largest count a setting may hold (larger ones are refused in one line, before any work)
-COUNT_MAX = 2**31 - 1
 
 
 class StudyMismatchError(RuntimeError):

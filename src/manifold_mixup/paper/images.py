@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["ImageDataset", "channel_stats", "normalise", "make_dataset", "check_fraction", "train_subset", "check_seed"]
+__all__ = ["ImageDataset", "channel_stats", "normalise", "make_dataset", "train_subset"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,14 +129,6 @@ def make_dataset(
     )
 
 
-def check_fraction(train_fraction: object) -> float:
-    if isinstance(train_fraction, bool) or not isinstance(train_fraction, (int, float, np.floating)) or not (
-        0.0 < float(train_fraction) <= 1.0
-    ):
-        raise ValueError(f"train_fraction must be a number in (0, 1]; got {train_fraction!r}")
-    return float(train_fraction)
-
-
 def train_subset(y: np.ndarray, train_fraction: float, seed: int, num_classes: int) -> np.ndarray:
     """Indices of a stratified subset of ``train_fraction`` of the training rows (all, in order,
     at 1.0): each class keeps its share, up to one row; drawn from ``seed``."""
@@ -153,10 +145,3 @@ def train_subset(y: np.ndarray, train_fraction: float, seed: int, num_classes: i
     idx, _ = train_test_split(np.arange(len(y)), train_size=keep, random_state=seed, shuffle=True, stratify=y)
     return np.sort(idx)
 
-
-def check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (
-        0 <= int(seed) < 2**32
-    ):
-        raise ValueError(f"seed must be an int in [0, 2**32); got {seed!r}")
-    return int(seed)

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .constants import PAPER_CNN_MIX_LAYER
+
 __all__ = [
     "mlp",
     "mlp_layer",
@@ -31,8 +33,6 @@ __all__ = [
     "PAPER_CNN_MIX_LAYER",
     "small_resnet",
 ]
-
-PAPER_CNN_MIX_LAYER = "flatten"
 
 
 def mlp_layer(k: int, depth: int = 3) -> str:

@@ -17,7 +17,9 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib import colormaps
 
-from .toy import GaussianMixtureProblem, as_generator
+from ..checks import as_generator
+from .constants import FIGURE2_SEED
+from .toy import GaussianMixtureProblem
 
 __all__ = ["class_colours", "plot_toy_problem", "figure2", "plot_alpha_trajectories", "plot_excess_by_quartile",
            "plot_difference_over_epochs", "plot_decision_grid"]
@@ -120,7 +122,7 @@ def plot_toy_problem(
     return _save(fig, path, dpi)
 
 
-def figure2(out_path: "str | os.PathLike" = "docs/figure2.png", seed: int = 0, n_samples: int = 1000) -> Path:
+def figure2(out_path: "str | os.PathLike" = "docs/figure2.png", seed: int = FIGURE2_SEED, n_samples: int = 1000) -> Path:
     """The paper's Figure 2: one problem with K = 3, N = 5 (default ranges) drawn from
     ``seed``, with ``n_samples`` samples (seed + 1 for the samples). Returns the path."""
     problem = GaussianMixtureProblem.random(3, 5, seed)

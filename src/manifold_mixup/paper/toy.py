@@ -56,6 +56,9 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from ..checks import as_generator, check_int, check_range, check_real
+from .constants import DEFAULT_MEAN_RANGE, DEFAULT_SIGMA_RANGE
+
 __all__ = [
     "DEFAULT_MEAN_RANGE",
     "DEFAULT_SIGMA_RANGE",
@@ -69,13 +72,8 @@ __all__ = [
     "MonteCarloRisk",
     "MMLBResult",
     "spiral",
-    "as_generator",
 ]
 
-DEFAULT_MEAN_RANGE: tuple[float, float] = (-5.0, 5.0)
-"""Default square ``[lo, hi]^2`` from which component means are drawn uniformly."""
-DEFAULT_SIGMA_RANGE: tuple[float, float] = (0.3, 1.0)
-"""Default interval from which the shared sigma is drawn uniformly."""
 DEFAULT_GRID_RESOLUTION: int = 256
 """Quadrature cells along the longer side of the covering box."""
 DEFAULT_MMLB_SAMPLES: int = 100_000
@@ -100,43 +98,6 @@ def _sum_selected(table: torch.Tensor, labels: torch.Tensor, rows_per_chunk: int
     return torch.cat(
         [table[cols, labels[i : i + rows_per_chunk]].sum(1) for i in range(0, labels.shape[0], rows_per_chunk)]
     ) if labels.shape[0] else torch.zeros(0, dtype=table.dtype)
-
-
-def as_generator(generator_or_seed: "torch.Generator | int") -> torch.Generator:
-    """Return ``generator_or_seed`` itself if it is a ``torch.Generator``, else a new CPU
-    generator seeded with the int."""
-    if isinstance(generator_or_seed, torch.Generator):
-        return generator_or_seed
-    if isinstance(generator_or_seed, (int, np.integer)) and not isinstance(generator_or_seed, bool):
-        if generator_or_seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {generator_or_seed}")
-        g = torch.Generator()
-        g.manual_seed(int(generator_or_seed))
-        return g
-    raise TypeError(
-        "generator_or_seed must be a torch.Generator or an int seed, "
-        f"got {type(generator_or_seed).__name__}"
-    )
-
-
-def _check_positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_range(name: str, value: Sequence[float], positive: bool = False) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair (low, high) of numbers, got {value!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
-        raise ValueError(f"{name} must be finite with low <= high, got {value!r}")
-    if positive and lo <= 0:
-        raise ValueError(f"{name} must have low > 0, got {value!r}")
-    return lo, hi
 
 
 class QuadratureGrid(NamedTuple):
@@ -256,7 +217,7 @@ class GaussianMixtureProblem:
         self._means = m
         self._sigma = s
         self._priors = p
-        self._grid_resolution = _check_positive_int("grid_resolution", grid_resolution, minimum=8)
+        self._grid_resolution = check_int("grid_resolution", grid_resolution, 8)
         self._quad: _Quadrature | None = None
 
     # ------------------------------------------------------------------ construction
@@ -279,10 +240,10 @@ class GaussianMixtureProblem:
         Bayes risk's 10th-50th-90th percentiles are 2-9-20% at K = 2, 7-17-29% at K = 3 and
         12-32-42% at K = 5 (a spread like the paper's Figure 2 and Figure 3 quartiles).
         """
-        k = _check_positive_int("num_classes", num_classes, minimum=2)
-        n = _check_positive_int("components_per_class", components_per_class, minimum=1)
-        lo, hi = _check_range("mean_range", mean_range)
-        slo, shi = _check_range("sigma_range", sigma_range, positive=True)
+        k = check_int("num_classes", num_classes, 2)
+        n = check_int("components_per_class", components_per_class, 1)
+        lo, hi = check_range("mean_range", mean_range, allow_equal=True)
+        slo, shi = check_range("sigma_range", sigma_range, positive=True, allow_equal=True)
         g = as_generator(generator_or_seed)
         means = lo + (hi - lo) * torch.rand((k, n, 2), generator=g, dtype=torch.float64)
         sigma = slo + (shi - slo) * float(torch.rand((), generator=g, dtype=torch.float64))
@@ -364,7 +325,7 @@ class GaussianMixtureProblem:
 
         Returns: x float32 [n, 2], y int64 [n]. Classes by the priors, components uniformly.
         """
-        n = _check_positive_int("n", n)
+        n = check_int("n", n, 1)
         g = as_generator(generator)
         y = torch.multinomial(self._priors, n, replacement=True, generator=g)
         comp = torch.randint(0, self.components_per_class, (n,), generator=g)
@@ -497,7 +458,7 @@ class GaussianMixtureProblem:
     def _predict_points(self, predict: Predictor, x: torch.Tensor, batch_size: int) -> torch.Tensor:
         if not callable(predict):
             raise TypeError(f"predict must be callable, got {type(predict).__name__}")
-        batch_size = _check_positive_int("batch_size", batch_size)
+        batch_size = check_int("batch_size", batch_size, 1)
         parts = []
         with torch.no_grad():
             for start in range(0, x.shape[0], batch_size):
@@ -568,7 +529,7 @@ class GaussianMixtureProblem:
     ) -> MonteCarloRisk:
         """Risk of ``predict`` on n fresh samples, with its standard error
         ``sqrt(p (1 - p) / (n - 1))`` (0 when n == 1)."""
-        n = _check_positive_int("n", n)
+        n = check_int("n", n, 1)
         x, y = self.sample(n, generator)
         wrong = (self._predict_points(predict, x, batch_size) != y).double()
         p = float(wrong.mean())
@@ -585,7 +546,7 @@ class GaussianMixtureProblem:
         and ``stderr = normalised_stderr * sum_k pi_k^2``.
         """
         active = [k for k in range(self.num_classes) if float(self._priors[k]) > 0]
-        num_samples = _check_positive_int("num_samples", num_samples, minimum=2 * len(active))
+        num_samples = check_int("num_samples", num_samples, 2 * len(active))
         g = as_generator(generator)
         m = num_samples // len(active)
         n_comp = self.components_per_class
@@ -636,14 +597,10 @@ def spiral(
         turns: turns of each arm (> 0, finite).
     Returns: x float32 [n, 2], y int64 [n] in [0, arms).
     """
-    arms = _check_positive_int("arms", arms, minimum=2)
-    n = _check_positive_int("n", n, minimum=arms)
-    noise_f = float(noise)
-    if not math.isfinite(noise_f) or noise_f < 0:
-        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
-    turns_f = float(turns)
-    if not math.isfinite(turns_f) or turns_f <= 0:
-        raise ValueError(f"turns must be a finite number > 0, got {turns!r}")
+    arms = check_int("arms", arms, 2)
+    n = check_int("n", n, arms)
+    noise_f = check_real("noise", noise, 0)
+    turns_f = check_real("turns", turns, 0, low_open=True)
     g = as_generator(generator)
     y = torch.arange(n, dtype=torch.int64) % arms
     y = y[torch.randperm(n, generator=g)]

@@ -14,22 +14,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..data import DATASETS, load_dataset
-from ..models import PAPER_CNN_MIX_LAYER, paper_cnn
-from ...policies import AlphaPolicy, ConfMix, Constant, HalfConfMix, RampDown, RampUp
-from ..store import Shard, ShardList
+from ...checks import (ALPHA_MAX, CONFIDENCES, COUNT_MAX, OPTIMIZERS, STUDY_SEED_MAX, as_generator, check_choice,
+                       check_int, check_methods, check_real, check_seed)
+from ..constants import DATASETS, DEVICES, PAPER_CNN_MIX_LAYER
 from ..executors import run_study
 from ..files import write_atomic
-from ..files import COUNT_MAX
-from ..store import check_rows, integer, one_of, real
-from ..stats import mean_interval
-from ...train import accuracy, train_classifier
-from ..devices import resolve_device
-from .report import ALPHA_MAX, check_choices, check_int, check_real, check_unique
+from ..store import Shard, ShardList, check_rows, integer, one_of, real
+from .protocol import Flag, Study
+from .report import write_csv
 
-__all__ = ["ConfMixStudyConfig", "METHODS", "PAPER_TABLE2", "PRESETS", "run_confmix_study", "method_policy"]
+__all__ = ["ConfMixStudyConfig", "METHODS", "PAPER_TABLE2", "PRESETS", "STUDY", "run_confmix_study", "method_policy",
+           "run_shard", "check_shard", "shards_for", "summarise"]
 
 KINDS = ("mixup", "confmix", "half-confmix", "ramp-up", "ramp-down")
 METHODS = ("erm",) + tuple(f"{where}-{kind}" for where in ("input", "manifold") for kind in KINDS)
@@ -74,28 +70,22 @@ class ConfMixStudyConfig:
     min_steps_per_epoch: int = 5
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
+        check_choice("dataset", self.dataset, DATASETS)
         if self.data_dir is not None and self.dataset == "digits":
             raise ValueError(f"data_dir {self.data_dir!r} is only used with datasets 'cifar10' and 'fashion-mnist' "
                              "(digits are bundled with scikit-learn); leave it out")
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad:
-            raise ValueError(f"unknown method(s) {bad}; valid methods: {list(METHODS)}")
-        if "erm" not in self.methods:
-            raise ValueError("methods must include 'erm', the baseline every method is compared with")
-        check_unique("methods", self.methods)
+        check_methods(self.methods, METHODS, "erm")
         for name in ("seeds", "epochs", "min_steps_per_epoch"):
             check_int(name, getattr(self, name), 1)
         check_int("batch_size", self.batch_size, 2)  # mixing pairs rows
-        check_int("seed", self.seed, 0, 2**32 - 1)
+        check_seed("seed", self.seed, STUDY_SEED_MAX)
         check_real("warmup_epochs", self.warmup_epochs, 0)
         check_real("lr", self.lr, 0, low_open=True)
         check_real("alpha", self.alpha, 0, ALPHA_MAX, low_open=True)
         check_real("half_life", self.half_life, 0, low_open=True)
         check_real("train_fraction", self.train_fraction, 0, 1, low_open=True)
-        check_choices("optimizer", self.optimizer, ("adam", "sgd"))
-        check_choices("confidence", self.confidence, ("fresh", "cached"))
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("confidence", self.confidence, CONFIDENCES)
         if not isinstance(self.device, str):
             raise ValueError(f"device must be a string such as 'cpu' or 'cuda'; got {self.device!r}")
 
@@ -141,28 +131,33 @@ PRESETS: dict[str, ConfMixStudyConfig] = {
 def _load(dataset: str, data_dir: str | None, seed: int, train_fraction: float):
     """The data set, read once per process (every shard of a study uses the same one; the
     tensors are only read: batches are gathered copies)."""
+    from ..data import load_dataset
+
     return load_dataset(dataset, data_dir, seed=seed, train_fraction=train_fraction)
 
 
-def method_policy(method: str, cfg: ConfMixStudyConfig) -> tuple[str | None, AlphaPolicy | None]:
-    """(layer to mix or None for ERM, alpha policy) of one Table 2 method."""
+def method_policy(method: str, cfg: ConfMixStudyConfig):
+    """(layer to mix or None for ERM, ``AlphaPolicy`` or None) of one Table 2 method."""
+    from ...policies import ConfMix, HalfConfMix, schedule
+
     if method == "erm":
         return None, None
     where, kind = method.split("-", 1)
     layer = "input" if where == "input" else PAPER_CNN_MIX_LAYER
-    policy: AlphaPolicy = {
-        "mixup": lambda: Constant(cfg.alpha),
-        "confmix": lambda: ConfMix(cfg.warmup_epochs, confidence=cfg.confidence),
-        "half-confmix": lambda: HalfConfMix(cfg.warmup_epochs, confidence=cfg.confidence),
-        "ramp-up": lambda: RampUp(cfg.half_life),
-        "ramp-down": lambda: RampDown(cfg.half_life),
-    }[kind]()
-    return layer, policy
+    if kind in ("confmix", "half-confmix"):
+        return layer, (ConfMix if kind == "confmix" else HalfConfMix)(cfg.warmup_epochs, confidence=cfg.confidence)
+    return layer, schedule("constant" if kind == "mixup" else kind, alpha=cfg.alpha, half_life=cfg.half_life)
 
 
-def train_one(payload: dict) -> list[dict]:
+def run_shard(payload: dict) -> list[dict]:
     """Shard worker: train one (method, seed) and return its result row. The test set is
     evaluated once, after the last epoch (the table needs nothing else)."""
+    import torch
+
+    from ...train import accuracy, train_classifier
+    from ..devices import resolve_device
+    from ..models import paper_cnn
+
     cfg = ConfMixStudyConfig(**{**payload["config"], "methods": tuple(payload["config"]["methods"])})
     method, seed = payload["method"], payload["seed"]
     device = resolve_device(cfg.device)
@@ -171,9 +166,9 @@ def train_one(payload: dict) -> list[dict]:
     data = cfg.load()
     init_seed, order_seed = (int(s) for s in np.random.SeedSequence([cfg.seed, seed]).generate_state(2))
     # the initial weights: one per seed, shared by all methods; no global random state is used
-    model = paper_cnn(data.image_shape, data.num_classes, generator=torch.Generator().manual_seed(init_seed)).to(device)
+    model = paper_cnn(data.image_shape, data.num_classes, generator=as_generator(init_seed)).to(device)
     layer, policy = method_policy(method, cfg)
-    gen = torch.Generator().manual_seed(order_seed)  # data order (and the mixing stream's seed)
+    gen = as_generator(order_seed)  # data order (and the mixing stream's seed)
     res = train_classifier(
         model, data.x_train.to(device), data.y_train.to(device),
         layers=layer, alpha=policy if policy is not None else 0.0,
@@ -186,46 +181,8 @@ def train_one(payload: dict) -> list[dict]:
     }]
 
 
-def _set_threads(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
-class _Lookahead:
-    """The shard worker when ``workers`` > 1: the study's runner asks for shards in order, one at a
-    time; each answer comes from a pool of processes that is already training the next ones."""
-
-    def __init__(self, pool, shards: ShardList, done, ahead: int) -> None:
-        self.pool, self.shards, self.done, self.ahead, self.running = pool, shards, done, ahead, {}
-
-    def __call__(self, payload: dict) -> list[dict]:
-        methods = payload["config"]["methods"]
-        i = payload["seed"] * len(methods) + methods.index(payload["method"])  # its place in shards_for
-        for j in range(i, min(i + self.ahead, len(self.shards))):
-            if j not in self.running and (j == i or not self.done(self.shards[j].key)):
-                self.running[j] = self.pool.apply_async(train_one, (self.shards[j].payload,))
-        return self.running.pop(i).get()
-
-
-def _run_in_processes(out: Path, study: str, settings: dict, shards: ShardList, worker, *, workers: int,
-                      **kwargs) -> dict:
-    """``run_study`` with the shards trained ``workers`` at a time in local processes (spawned:
-    CUDA cannot be used in a forked child), torch's threads divided among them."""
-    import multiprocessing
-
-    threads = max(1, torch.get_num_threads() // workers)
-    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_set_threads, initargs=(threads,))
-    try:
-        ahead = _Lookahead(pool, shards, lambda key: (out / "shards" / f"{key}.json").exists(), 2 * workers)
-        result = run_study(out, study, settings, shards, ahead, shard_threads=threads, **kwargs)
-        pool.close()
-        return result
-    finally:
-        pool.terminate()  # (after close: the workers have nothing left; on an error: stop them now)
-        pool.join()
-
-
-def check_shard_rows(payload: dict, rows: list) -> str | None:
-    """Why ``rows`` are not what :func:`train_one` returns for ``payload``, or None: one row of this
+def check_shard(payload: dict, rows: list) -> str | None:
+    """Why ``rows`` are not what :func:`run_shard` returns for ``payload``, or None: one row of this
     (method, seed), accuracies in [0, 1], a policy history of finite numbers (an edited shard is recomputed)."""
     epochs = payload["config"]["epochs"]
     p01 = real(0.0, 1.0)
@@ -256,10 +213,14 @@ def estimated_cpu_seconds(cfg: ConfMixStudyConfig, n_train: int, image_shape: tu
                           threads: int | None = None) -> float:
     """A rough time of the study on a CPU: the CNN's training FLOPs (3x its forward, ERM; mixing
     and ConfMix add up to a third) at ~10 GFLOP/s per thread."""
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
     c, h, w = image_shape
     forward = 2 * (h * w * 32 * 9 * c + (h // 2) * (w // 2) * 64 * 32 * 9 + 64 * (h // 4) * (w // 4) * 64 + 64 * 10)
     flops = 3 * forward * n_train * cfg.epochs * cfg.seeds * len(cfg.methods)
-    return flops / (10e9 * (threads or torch.get_num_threads()))
+    return flops / (10e9 * threads)
 
 
 def _steps(cfg: ConfMixStudyConfig, n_train: int) -> int:
@@ -275,6 +236,8 @@ def _confmix_never_on(cfg: ConfMixStudyConfig) -> bool:
 def summarise(cfg: ConfMixStudyConfig, rows: list[dict], n_train: int | None = None) -> tuple[str, dict]:
     """Table 2 as markdown (mean accuracy change over ERM with 95% t-intervals across seeds).
     ``n_train``: training images used (states the subset and the batch chosen for it)."""
+    from ..stats import mean_interval
+
     acc = {(r["method"], r["seed"]): 100 * r["test_acc"] for r in rows}
     erm = [acc[("erm", s)] for s in range(cfg.seeds)]
     base = mean_interval(erm)
@@ -319,18 +282,16 @@ def run_confmix_study(cfg: ConfMixStudyConfig, out: str | Path, executor: str = 
     shared by them) or on the CPU's cores (torch's threads divided among them). On a GPU the
     numbers do not depend on it; on a CPU they depend on the threads each shard runs with.
     """
-    check_int("workers", workers, 1, 256)
-    if workers > 1 and executor != "local":
-        raise ValueError(f"workers = {workers} runs shards as local processes; it cannot be combined with executor "
-                         f"{executor!r} (give one or the other)")
-    study = run_study if workers == 1 else functools.partial(_run_in_processes, workers=workers)
-    from ..plots import plot_alpha_trajectories
-    from .report import write_csv
+    import torch
 
-    resolve_device(cfg.device)  # fail before any work when the device or the data are missing
+    from ..devices import resolve_device
+    from ..plots import plot_alpha_trajectories
+
+    check_int("workers", workers, 1, 256)  # (run_study checks it again; this is before the data are read)
+    device = resolve_device(cfg.device)  # fail before any work when the device or the data are missing
     data = cfg.load()
     n_train = data.x_train.shape[0]
-    if resolve_device(cfg.device).type == "cpu" and estimated_cpu_seconds(cfg, n_train, data.image_shape) > 3600:
+    if device.type == "cpu" and estimated_cpu_seconds(cfg, n_train, data.image_shape) > 3600:
         hours = estimated_cpu_seconds(cfg, n_train, data.image_shape) / 3600
         warnings.warn(f"this study is estimated to take about {hours:.1f} hours on this CPU ({torch.get_num_threads()} "
                       "thread(s)); finished shards are kept if you stop it", stacklevel=2)
@@ -349,8 +310,47 @@ def run_confmix_study(cfg: ConfMixStudyConfig, out: str | Path, executor: str = 
         plot_alpha_trajectories(rows, out / "alpha.png")
         return {"rows": rows, "table": table}
 
-    return study(out, "confmix-study", cfg.settings(), shards_for(cfg), train_one, info=info, executor=executor,
-                     address=address, progress=progress, desc="confmix study",
-                     gpus_per_task=1 if resolve_device(cfg.device).type == "cuda" else 0,
+    return run_study(out, STUDY.name, cfg.settings(), shards_for(cfg), run_shard, info=info, executor=executor,
+                     address=address, progress=progress, desc="confmix study", workers=workers,
+                     gpus_per_task=1 if device.type == "cuda" else 0,
                      adapt_threads=False,  # the CNN's numbers depend on the thread count: keep them fixed
-                     check=check_shard_rows, finish=finish)
+                     check=check_shard, finish=finish)
+
+
+STUDY = Study(
+    name="confmix-study",
+    help="Table 2: ConfMix, ramps and mixup on images, several seeds",
+    description="Table 2 of the paper: the paper's CNN trained with ERM and with fixed-alpha mixup, ConfMix, "
+                "half ConfMix and alpha ramps, at the input and before the first fully connected layer, over "
+                "several seeds (paired: the methods of a seed share initial weights and data order). Writes "
+                "results.csv, summary.md, alpha.png and manifest.json; rerun the same command to resume.",
+    presets=PRESETS,
+    preset_help="paper: the paper's protocol (50 epochs, batch 250, M = 5, h = 25); cpu: Table 2 on a stratified "
+                "1% of Fashion-MNIST, 20 epochs (REPRODUCTION.md)",
+    flags=(
+        Flag("dataset", str, "NAME", "image data set", choices=DATASETS),
+        Flag("data_dir", str, "DIR", "local CIFAR-10 folder or archive, or the folder of Fashion-MNIST's four idx "
+             "files (fashion-mnist without it: /usr/share/datasets/fashion-mnist, the Debian package's)"),
+        Flag("train_fraction", float, "F", "stratified share of the training images, in (0, 1]"),
+        Flag("min_steps_per_epoch", int, "S", "the batch shrinks to n_train // S when needed, so that an epoch has >= S steps"),
+        Flag("seeds", int, "N", "seeds per method (paired comparisons)"),
+        Flag("epochs", int, "E", "training epochs"),
+        Flag("batch_size", int, "B", "mini-batch size"),
+        Flag("lr", float, "LR", "learning rate"),
+        Flag("optimizer", str, "NAME", "optimiser", choices=OPTIMIZERS),
+        Flag("alpha", float, "A", f"alpha of fixed-alpha mixup, 0 < A <= {ALPHA_MAX:g}"),
+        Flag("warmup_epochs", int, "M", "ConfMix's epochs of plain ERM first"),
+        Flag("half_life", float, "H", "half-life of the alpha ramps, epochs"),
+        Flag("confidence", str, "KIND", "ConfMix's confidence: a fresh forward or last epoch's", choices=CONFIDENCES),
+        Flag("methods", str, "M", "methods: erm, {input,manifold}-{mixup,confmix,half-confmix,ramp-up,ramp-down}", "+"),
+        Flag("seed", int, "S", "seed of the split, the subset, the initial weights and the data order"),
+        Flag("device", str, "DEV", DEVICES),
+    ),
+    options=(Flag("workers", int, "N", "train N shards at once in local processes, on one GPU or on the CPU's cores"),),
+    run=run_confmix_study,
+    brief=lambda res: {m: round(v["mean"], 2) for m, v in res["table"].items()},
+    shards=shards_for,
+    worker=run_shard,
+    check=check_shard,
+    summarise=summarise,
+)

@@ -14,20 +14,21 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..devices import resolve_device
-from ..ensemble import SGD_MOMENTUM, EnsembleConfig, EnsembleParams, MemberSpec, predict_ensemble, train_ensemble
-from ..files import COUNT_MAX, write_atomic
-from ..store import Shard, ShardList, check_rows, integer, one_of, real
+from ...checks import (ALPHA_MAX, OPTIMIZERS, SCHEDULES, SGD_MOMENTUM, STUDY_SEED_MAX, check_choice, check_int,
+                       check_methods, check_range, check_real, check_seed, check_sizes, check_unique)
+from ..constants import DEFAULT_MEAN_RANGE, DEFAULT_SIGMA_RANGE, DEVICES
 from ..executors import run_study
-from ..stats import paired_bootstrap, spearman, wilcoxon_p
-from ..toy import DEFAULT_MEAN_RANGE, DEFAULT_SIGMA_RANGE, GaussianMixtureProblem
+from ..files import write_atomic
+from ..store import Shard, ShardList, check_rows, integer, one_of, real
+from .protocol import Flag, Study
+from .report import write_csv
 
-__all__ = ["DepthStudyConfig", "PRESETS", "PAPER_TABLE1", "run_depth_study", "problem_seeds", "method_names"]
+__all__ = ["DepthStudyConfig", "PRESETS", "PAPER_TABLE1", "STUDY", "run_depth_study", "problem_seeds", "method_names",
+           "run_shard", "check_shard", "shards_for", "summarise"]
 
-#: what ``optimizer`` means, in every trainer of the package (``ensemble.SGD_MOMENTUM``, ``train.make_optimizer``)
-OPTIMIZERS = {"adam": "torch.optim.Adam(lr, betas=(0.9, 0.999), eps=1e-8)",
+#: what ``optimizer`` means, in every trainer of the package (``checks.SGD_MOMENTUM``, ``train.make_optimizer``)
+OPTIMIZER_DEFINITIONS = {"adam": "torch.optim.Adam(lr, betas=(0.9, 0.999), eps=1e-8)",
               "sgd": f"torch.optim.SGD(lr, momentum={SGD_MOMENTUM}), no dampening, no Nesterov"}
 PAPER_TABLE1 = {"baseline": 18.1, "k0": 16.5, "k1": 14.7, "k2": 13.8, "k3": 13.2}
 REL_MIN_BAYES = 0.01  # relative excess risk is also averaged over problems with R* >= 1%
@@ -41,7 +42,12 @@ def method_names(depth: int) -> list[str]:
 
 @dataclass(frozen=True)
 class DepthStudyConfig:
-    """Every setting of the depth study (the ``paper`` preset is DESIGN.md's Table 1 setting)."""
+    """Every setting of the depth study (the ``paper`` preset is DESIGN.md's Table 1 setting).
+
+    ``schedule``: how alpha evolves over training (``policies.schedule``): ``"constant"``
+    (``alpha`` throughout), ``"ramp-up"`` or ``"ramp-down"`` (0 -> 1 or 1 -> 0 with
+    ``half_life`` epochs; ``alpha`` is not used). The vectorised trainer follows the same policy
+    object ``train_classifier`` would give ``ManifoldMixup``."""
 
     problems_per_k: int = 100
     ks: tuple[int, ...] = (2, 3, 4, 5)
@@ -56,6 +62,8 @@ class DepthStudyConfig:
     lr: float = 1e-3
     optimizer: str = "adam"
     alpha: float = 0.5
+    schedule: str = "constant"
+    half_life: float = 25.0
     methods: tuple[str, ...] = ("baseline", "k0", "k1", "k2", "k3")
     grid_resolution: int = 96
     mmlb_samples: int = 100_000
@@ -63,31 +71,23 @@ class DepthStudyConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from .report import ALPHA_MAX, check_choices, check_int, check_range, check_real, check_unique
-
-        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or not 1 <= h <= COUNT_MAX for h in self.hidden):
-            raise ValueError(f"hidden must be one or more integer widths in [1, {COUNT_MAX}]; got {list(self.hidden)}"[:300])
-        valid = method_names(len(self.hidden))
-        bad = [m for m in self.methods if m not in valid]
-        if bad:
-            raise ValueError(f"unknown method(s) {bad}; valid methods for depth {len(self.hidden)}: {valid}")
-        if "baseline" not in self.methods:
-            raise ValueError("methods must include 'baseline' (ERM), the reference of every comparison")
-        check_unique("methods", self.methods)
-        if not self.ks or any(isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= COUNT_MAX for k in self.ks):
-            raise ValueError(f"every K must be an integer >= 2 (and <= {COUNT_MAX}); got ks={list(self.ks)}"[:300])
+        check_sizes("hidden", self.hidden)
+        check_methods(self.methods, method_names(len(self.hidden)), "baseline")
+        check_sizes("ks", self.ks, 2)
         check_unique("ks", self.ks)
         for name in ("problems_per_k", "components", "n_train", "epochs", "problems_per_shard"):
             check_int(name, getattr(self, name), 1)
         check_int("mmlb_samples", self.mmlb_samples, 2 * max(self.ks))  # two mixed points per class at least
         check_int("batch_size", self.batch_size, 2)  # mixing pairs rows
         check_int("grid_resolution", self.grid_resolution, 8, 4096)
-        check_int("seed", self.seed, 0, 2**32 - 1)
+        check_seed("seed", self.seed, STUDY_SEED_MAX)
         if self.n_train % self.batch_size:
             raise ValueError(f"n_train ({self.n_train}) must be a multiple of batch_size ({self.batch_size})")
         check_real("alpha", self.alpha, 0, ALPHA_MAX, low_open=True)
         check_real("lr", self.lr, 0, low_open=True)
-        check_choices("optimizer", self.optimizer, ("adam", "sgd"))
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_real("half_life", self.half_life, 0, low_open=True)
         check_range("mean_range", self.mean_range)
         check_range("sigma_range", self.sigma_range, positive=True)
         if any(isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= self.epochs for e in self.eval_epochs):
@@ -100,14 +100,20 @@ class DepthStudyConfig:
         return tuple(sorted({*self.eval_epochs, self.epochs}))
 
     def settings(self) -> dict:
+        """What the results depend on (manifest.json's fingerprint): every field, but ``schedule``
+        and ``half_life`` only for a ramp (a constant alpha is recorded as before schedules
+        existed, so that such studies resume)."""
         d = asdict(self)
+        if self.schedule == "constant":
+            del d["schedule"], d["half_life"]
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-        out["optimizer_definition"] = OPTIMIZERS[self.optimizer]  # stated in manifest.json
+        out["optimizer_definition"] = OPTIMIZER_DEFINITIONS[self.optimizer]  # stated in manifest.json
         return out
 
     @classmethod
     def from_settings(cls, d: dict) -> "DepthStudyConfig":
-        return cls(**{f.name: tuple(d[f.name]) if isinstance(d[f.name], list) else d[f.name] for f in fields(cls)})
+        return cls(**{f.name: tuple(d[f.name]) if isinstance(d[f.name], list) else d[f.name] for f in fields(cls)
+                      if f.name in d})
 
 
 PRESETS = {
@@ -117,6 +123,12 @@ PRESETS = {
 }
 #: the quick preset's problems trained 200 epochs, every model evaluated after 10, 20, 40, 100 and 200
 PRESETS["long"] = replace(PRESETS["quick"], epochs=200, eval_epochs=(10, 20, 40, 100, 200))
+
+
+def _alpha_words(cfg: DepthStudyConfig) -> str:
+    if cfg.schedule == "constant":
+        return f"alpha = {cfg.alpha}"
+    return f"alpha {'0 -> 1' if cfg.schedule == 'ramp-up' else '1 -> 0'} ({cfg.schedule}, half-life {cfg.half_life:g} epochs)"
 
 
 def _mix_layer(method: str) -> int | None:
@@ -129,13 +141,21 @@ def problem_seeds(seed: int, k: int, index: int) -> dict[str, int]:
     return {"problem": int(s[0]), "data": int(s[1]), "model": int(s[2]) & 0x7FFFFFFF, "mmlb": int(s[3])}
 
 
-def depth_shard(payload: dict) -> list[dict]:
+def run_shard(payload: dict) -> list[dict]:
     """Shard worker: problems [start, stop) with K = k, every method; one row per problem x evaluated
     epoch x method. The models are evaluated after each of ``cfg.evaluated_epochs`` while training
     goes on, so the rows of epoch e are those of the same study trained for e epochs."""
+    import torch
+
+    from ...policies import schedule
+    from ..devices import resolve_device
+    from ..ensemble import EnsembleConfig, EnsembleParams, MemberSpec, predict_ensemble, train_ensemble
+    from ..toy import GaussianMixtureProblem
+
     cfg = DepthStudyConfig.from_settings(payload["config"])
     k, start, stop = payload["k"], payload["start"], payload["stop"]
     device = resolve_device(payload.get("device", "cpu"))
+    alpha = schedule(cfg.schedule, alpha=cfg.alpha, half_life=cfg.half_life)  # one policy, shared by the members
     problems, xs, ys, specs = [], [], [], []
     for i in range(start, stop):
         seeds = problem_seeds(cfg.seed, k, i)
@@ -146,10 +166,10 @@ def depth_shard(payload: dict) -> list[dict]:
         for m in cfg.methods:
             xs.append(x)
             ys.append(y)
-            specs.append(MemberSpec(seed=seeds["model"], mix_layer=_mix_layer(m), alpha=cfg.alpha))
+            specs.append(MemberSpec(seed=seeds["model"], mix_layer=_mix_layer(m), alpha=alpha))
     nm = len(cfg.methods)
 
-    def evaluate(epoch: int, members: list[int], params: EnsembleParams) -> torch.Tensor:
+    def evaluate(epoch: int, members: list[int], params: EnsembleParams) -> "torch.Tensor":
         """[len(members), 2]: each member's risk and excess risk (fractions) on its problem's grid."""
         out = torch.empty(len(members), 2, dtype=torch.float64)
         for j in sorted({m // nm for m in members}):
@@ -184,8 +204,8 @@ def depth_shard(payload: dict) -> list[dict]:
     return rows
 
 
-def check_shard_rows(payload: dict, rows: list) -> str | None:
-    """Why ``rows`` are not what :func:`depth_shard` returns for ``payload``, or None: the types
+def check_shard(payload: dict, rows: list) -> str | None:
+    """Why ``rows`` are not what :func:`run_shard` returns for ``payload``, or None: the types
     and ranges of every column, each problem x evaluated epoch x method once, in order, the seeds
     of each problem, and risk - Bayes risk = excess risk (a shard edited by hand is recomputed)."""
     cfg = DepthStudyConfig.from_settings(payload["config"])
@@ -238,7 +258,11 @@ def estimated_cpu_seconds(cfg: DepthStudyConfig, threads: int | None = None) -> 
     weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
     members = cfg.problems_per_k * len(cfg.ks) * len(cfg.methods)
     flops = 6.0 * weights * cfg.n_train * cfg.epochs * members
-    return flops / (45e9 * (threads or torch.get_num_threads()))
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    return flops / (45e9 * threads)
 
 
 def _by_method(rows: list[dict], key: str, methods, where=lambda r: True) -> dict[str, np.ndarray]:
@@ -257,6 +281,8 @@ def summarise(cfg: DepthStudyConfig, rows: list[dict]) -> tuple[str, dict]:
     Table 1, the per-K table and Figure 3 are at the last evaluated epoch; with several evaluated
     epochs, 'Over training' gives Table 1 at each, the difference to the baseline against the
     epoch and its trend by normalised-MMLB quartile."""
+    from ..stats import paired_bootstrap, spearman, wilcoxon_p
+
     methods = list(cfg.methods)
     epochs = sorted({r["epoch"] for r in rows})
     all_rows, rows = rows, [r for r in rows if r["epoch"] == epochs[-1]]
@@ -265,7 +291,7 @@ def summarise(cfg: DepthStudyConfig, rows: list[dict]) -> tuple[str, dict]:
         "",
         f"{len({(r['K'], r['problem']) for r in rows})} problems (K in {list(cfg.ks)}, {cfg.problems_per_k} each, "
         f"N = {cfg.components}), {cfg.n_train} training samples, MLP 2-{'-'.join(map(str, cfg.hidden))}-K, "
-        f"{cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}, alpha = {cfg.alpha} per sample"
+        f"{cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}, {_alpha_words(cfg)} per sample"
         f"; models evaluated after epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))} of the same run "
         f"(the tables and Figure 3 below: epoch {epochs[-1]}).",
         "Risks by quadrature (grid resolution "
@@ -353,6 +379,8 @@ def summarise(cfg: DepthStudyConfig, rows: list[dict]) -> tuple[str, dict]:
 def _over_training(cfg: DepthStudyConfig, rows: list[dict], epochs: list[int], quart: dict, qlabels: list[str]):
     """Table 1 at each evaluated epoch, the difference to the baseline against the epoch (one curve per
     depth, with paired intervals), where each interval first excludes 0, and the quartile trend."""
+    from ..stats import paired_bootstrap
+
     methods = list(cfg.methods)
     mixing = [m for m in methods if m != "baseline"]
     table: dict = {}
@@ -410,8 +438,10 @@ def run_depth_study(cfg: DepthStudyConfig, out: str | Path, *, executor: str = "
     """Run (or resume) the study into ``out``: results.csv, summary.md, figure3.png (at the last epoch),
     figure_epochs.png (difference to the baseline against the epoch, where at least two epochs are
     evaluated), figure2.png, manifest.json."""
+    import torch
+
+    from ..devices import resolve_device
     from ..plots import figure2, plot_difference_over_epochs, plot_excess_by_quartile
-    from .report import write_csv
 
     dev = resolve_device(device)
     out = Path(out)
@@ -429,13 +459,58 @@ def run_depth_study(cfg: DepthStudyConfig, out: str | Path, *, executor: str = "
         figure2(out / "figure2.png", seed=cfg.seed)
         return {"rows": rows, **numbers}
 
-    return run_study(out, "depth-study", cfg.settings(), shards_for(cfg, device), depth_shard, executor=executor,
+    return run_study(out, STUDY.name, cfg.settings(), shards_for(cfg, device), run_shard, executor=executor,
                      address=address, progress=progress, desc="depth study", gpus_per_task=1 if dev.type == "cuda" else 0,
-                     check=check_shard_rows, finish=finish)
+                     check=check_shard, finish=finish)
 
 
 def preset(name: str, **overrides) -> DepthStudyConfig:
     """A preset with some settings replaced (None values are ignored)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
+    check_choice("preset", name, list(PRESETS))
     return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+STUDY = Study(
+    name="depth-study",
+    help="Table 1 and Figures 2-3: excess risk of mixing at each depth on toy problems",
+    description="Table 1 and Figures 2-3 of the paper: random Gaussian-mixture problems with an exact Bayes "
+                "classifier; one MLP per method (ERM, and mixing at the input or after hidden layer k) trained "
+                "from the same initial weights and data order; excess risk by quadrature, the MMLB, paired "
+                "statistics. Writes results.csv, summary.md, figure2.png, figure3.png (and figure_epochs.png "
+                "with two evaluated epochs or more) and manifest.json; rerun the same command to resume.",
+    presets=PRESETS,
+    default_preset="quick",
+    preset_help="quick: 100 problems at width 128; paper: DESIGN.md's Table 1 setting "
+                "(400 problems at width 512); long: the quick problems trained 200 epochs, evaluated 5 times",
+    flags=(
+        Flag("problems_per_k", int, "N", "toy problems per number of classes K"),
+        Flag("ks", int, "K", "numbers of classes, e.g. 2 3 4 5", "+"),
+        Flag("components", int, "N", "Gaussian components per class"),
+        Flag("mean_range", float, ("LO", "HI"), "range the component means are drawn from", 2),
+        Flag("sigma_range", float, ("LO", "HI"), "range the shared sigma is drawn from (0 < LO < HI)", 2),
+        Flag("n_train", int, "N", "training samples per problem (a multiple of the batch size)"),
+        Flag("hidden", int, "W", "hidden widths of the MLP, e.g. 512 512 512", "+"),
+        Flag("epochs", int, "E", "training epochs"),
+        Flag("eval_epochs", int, "E", "also evaluate every model after these epochs of the same run (the last is "
+             "always evaluated); results.csv has one row per problem, method and evaluated epoch", "+"),
+        Flag("batch_size", int, "B", "mini-batch size"),
+        Flag("lr", float, "LR", "learning rate"),
+        Flag("optimizer", str, "NAME", "optimiser", choices=OPTIMIZERS),
+        Flag("alpha", float, "A", f"mixing strength of the constant schedule: lambda ~ Beta(A, A), 0 < A <= {ALPHA_MAX:g}"),
+        Flag("schedule", str, "NAME", "alpha over training: constant (alpha), ramp-up (0 -> 1) or ramp-down (1 -> 0)",
+             choices=SCHEDULES),
+        Flag("half_life", float, "H", "half-life of the ramps, epochs"),
+        Flag("methods", str, "M", "methods: baseline (ERM) and k0 (input) .. k<depth>", "+"),
+        Flag("grid_resolution", int, "R", "quadrature cells along the longer side (8..4096)"),
+        Flag("mmlb_samples", int, "S", "Monte Carlo samples of the MMLB"),
+        Flag("problems_per_shard", int, "N", "problems per shard (unit of resumption)"),
+        Flag("seed", int, "S", "seed of every problem, data set, initialisation and plan"),
+    ),
+    options=(Flag("device", str, "DEV", DEVICES),),
+    run=run_depth_study,
+    brief=lambda res: {m: round(v["excess_pp"], 3) for m, v in res["table1"].items()},
+    shards=shards_for,
+    worker=run_shard,
+    check=check_shard,
+    summarise=summarise,
+)

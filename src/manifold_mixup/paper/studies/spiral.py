@@ -6,13 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
+from ...checks import ALPHA_MAX, STUDY_SEED_MAX, as_generator, check_int, check_real, check_seed, check_sizes
+from .protocol import Flag, Study
 
-from ..models import mlp, mlp_layer
-from ..toy import spiral
-from ...train import accuracy, train_classifier
-
-__all__ = ["SpiralConfig", "run_spiral_figure"]
+__all__ = ["SpiralConfig", "STUDY", "run_spiral_figure"]
 
 
 @dataclass(frozen=True)
@@ -31,21 +28,16 @@ class SpiralConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from ..files import COUNT_MAX
-        from .report import ALPHA_MAX, check_int, check_real
-
         for name in ("n", "epochs"):
             check_int(name, getattr(self, name), 1)
         check_int("batch_size", self.batch_size, 2)
         check_int("resolution", self.resolution, 2, 4096)
-        check_int("seed", self.seed, 0, 2**32 - 2)  # seed + 1 seeds the data order
+        check_seed("seed", self.seed, STUDY_SEED_MAX - 1)  # seed + 1 seeds the data order
         check_real("noise", self.noise, 0)
         check_real("turns", self.turns, 0, low_open=True)
         check_real("lr", self.lr, 0, low_open=True)
         check_real("alpha", self.alpha, 0, ALPHA_MAX, low_open=True)
-        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or not 1 <= h <= COUNT_MAX
-                                  for h in self.hidden):
-            raise ValueError(f"hidden must be one or more integer widths in [1, {COUNT_MAX}]; got {list(self.hidden)}"[:300])
+        check_sizes("hidden", self.hidden)
 
 
 def run_spiral_figure(cfg: SpiralConfig, out: str | Path) -> dict:
@@ -62,7 +54,12 @@ def run_spiral_figure(cfg: SpiralConfig, out: str | Path) -> dict:
 
 
 def _draw(cfg: SpiralConfig, store) -> dict:
+    import torch
+
+    from ...train import accuracy, train_classifier
+    from ..models import mlp, mlp_layer
     from ..plots import plot_decision_grid
+    from ..toy import spiral
 
     out = store.dir
     x, y = spiral(cfg.n, cfg.seed, noise=cfg.noise, turns=cfg.turns)
@@ -73,11 +70,11 @@ def _draw(cfg: SpiralConfig, store) -> dict:
     panels, acc = [], {}
     depth = len(cfg.hidden)
     for k in [None, *range(depth + 1)]:
-        model = mlp(2, cfg.hidden, generator=torch.Generator().manual_seed(cfg.seed))
+        model = mlp(2, cfg.hidden, generator=as_generator(cfg.seed))
         train_classifier(
             model, x, y, layers=None if k is None else mlp_layer(k, depth), alpha=cfg.alpha,
             epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-            generator=torch.Generator().manual_seed(cfg.seed + 1), num_classes=2,
+            generator=as_generator(cfg.seed + 1), num_classes=2,
         )
         name = "ERM" if k is None else ("input mixup (k = 0)" if k == 0 else f"manifold mixup, k = {k}")
         acc[name] = accuracy(model, x, y)
@@ -87,3 +84,27 @@ def _draw(cfg: SpiralConfig, store) -> dict:
     plot_decision_grid(panels, x.numpy(), y.numpy(), (-lim, lim, -lim, lim), out / "spiral.png")
     store.record({"train_accuracy": acc})
     return {"config": asdict(cfg), "train_accuracy": acc}
+
+
+STUDY = Study(
+    name="spiral-figure",
+    help="Figure 1: decision regions on a two-arm spiral, ERM and mixing at each depth",
+    description="Figure 1 of the paper: the decision regions of a ReLU MLP on a two-arm spiral, trained with ERM "
+                "and with mixing at the input and after each hidden layer, from the same initial weights and data "
+                "order. Writes spiral.png and manifest.json (settings, versions, the machine, the accuracies).",
+    presets={"default": SpiralConfig()},
+    flags=(
+        Flag("n", int, "N", "spiral points"),
+        Flag("noise", float, "S", "noise of the spiral points"),
+        Flag("hidden", int, "W", "hidden widths of the MLP", "+"),
+        Flag("epochs", int, "E", "training epochs"),
+        Flag("batch_size", int, "B", "mini-batch size"),
+        Flag("lr", float, "LR", "learning rate"),
+        Flag("alpha", float, "A", f"mixing strength: lambda ~ Beta(A, A), 0 < A <= {ALPHA_MAX:g}"),
+        Flag("resolution", int, "R", "pixels per side of each decision-region panel"),
+        Flag("seed", int, "S", "seed of the data, the initial weights and the data order"),
+    ),
+    run=lambda cfg, out, progress=True: run_spiral_figure(cfg, out),
+    brief=lambda res: res["train_accuracy"],
+    out_help="output folder for spiral.png",
+)
