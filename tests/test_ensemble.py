@@ -336,3 +336,43 @@ def test_draws_are_the_functions_values_and_are_let_go():
             for (w, b), (w2, b2) in zip(draws.init(sizes, s.seed), mm.models.mlp_init(sizes, torch.Generator().manual_seed(s.seed))):
                 assert torch.equal(w, w2) and torch.equal(b, b2)
         assert draws.kept == {} and draws.bytes == 0 and not draws.taken
+
+
+# ---------------------------------------------------------------- alpha policies (schedules)
+def test_a_ramp_draws_each_batch_at_the_closed_form_alpha_of_its_clock():
+    """Batch b of epoch t is drawn at alpha = 1 - 2**(-(t + b / batches) / h) (RampUp's closed form,
+    the clock train_classifier sets), from the documented stream, after the order and the permutations."""
+    import numpy as np
+
+    from manifold_mixup.paper.ensemble import PLAN_STREAM
+
+    h, seed, n, b = 2.0, 7, 100, 20
+    for epoch in (0, 3):
+        order, perm, lam = epoch_plan(seed, epoch, n, b, mm.RampUp(h))
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(PLAN_STREAM, epoch)))
+        assert torch.equal(order, torch.from_numpy(rng.permutation(n)))
+        rng.permuted(np.broadcast_to(np.arange(b), (n // b, b)), axis=1)
+        for i in range(n // b):
+            a = 1 - 2 ** (-(epoch + i / (n // b)) / h)
+            want = np.ones(b) if a == 0 else rng.beta(a, a, size=b)  # alpha 0 (t = 0) draws nothing
+            assert torch.equal(lam[i], torch.from_numpy(want)), (epoch, i)
+    # a constant policy is the number itself: the same plans, drawn once for both
+    assert all(torch.equal(u, v) for u, v in zip(epoch_plan(3, 1, n, b, 0.5), epoch_plan(3, 1, n, b, mm.Constant(0.5))))
+
+
+@pytest.mark.parametrize("policy", [mm.RampUp(1.5), mm.RampDown(1.0)])
+def test_a_member_on_a_ramp_matches_the_reference_path(policy):
+    """The member-by-member equality extends to a schedule: the same policy object drives both trainers."""
+    x, y = make_data(2, [3, 3])
+    specs = [MemberSpec(11, 2, policy), MemberSpec(11, 0, policy)]
+    params = train_ensemble(x, y, 3, specs, CFG)
+    for i, s in enumerate(specs):
+        assert maxdiff(member_weights(params, i), reference(x[i], y[i], 3, s)) < TOL
+    # negative control: the constant alpha of the ramp's mean is not the ramp
+    assert maxdiff(member_weights(params, 0), reference(x[0], y[0], 3, MemberSpec(11, 2, 0.5))) > 100 * TOL
+
+
+def test_a_policy_that_needs_the_batch_is_refused_by_the_vectorised_trainer():
+    x, y = make_data(2, [3, 3])
+    with pytest.raises(ValueError, match=r"specs\[1\].alpha is ConfMix, which sets alpha from each batch"):
+        train_ensemble(x, y, 3, [MemberSpec(0), MemberSpec(1, 1, mm.ConfMix())], CFG)

@@ -179,3 +179,95 @@ def test_cli_errors_are_one_line_without_abbreviations_and_it_has_a_version(tmp_
         main(["--version"])
     from manifold_mixup import __version__
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"manifold-mixup {__version__}"
+
+
+# ---------------------------------------------------------------- the study registry
+NEW_STUDY = '''
+from dataclasses import dataclass
+from pathlib import Path
+
+from manifold_mixup.checks import check_int
+from manifold_mixup.paper.studies.protocol import Flag, Study
+
+
+@dataclass(frozen=True)
+class CountConfig:
+    n: int = 3
+
+    def __post_init__(self):
+        check_int("n", self.n, 1, 100)
+
+
+def run(cfg, out, progress=True, repeat=1):
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "count.txt").write_text(" ".join(map(str, range(cfg.n))) * repeat)
+    return {"n": cfg.n, "repeat": repeat}
+
+
+STUDY = Study(name="count-study", help="count to n", description="Writes 0 .. n-1 into count.txt.",
+              presets={"small": CountConfig(), "large": CountConfig(n=50)}, default_preset="large",
+              flags=(Flag("n", int, "N", "how far"),), options=(Flag("repeat", int, "R", "repeats"),),
+              run=run, brief=lambda res: res)
+'''
+
+
+def test_a_new_study_needs_one_registration_to_appear_in_the_cli(tmp_path, monkeypatch, capsys):
+    """A module in the studies package that defines STUDY becomes a subcommand: its presets, its
+    flags with the config's defaults, its options with run()'s defaults, its checks."""
+    import sys
+
+    import manifold_mixup.paper.studies as studies_pkg
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "count_study.py").write_text(NEW_STUDY)
+    monkeypatch.setattr(studies_pkg, "__path__", [*studies_pkg.__path__, str(tmp_path / "pkg")])
+    monkeypatch.delitem(sys.modules, "manifold_mixup.paper.studies.count_study", raising=False)
+    assert "count-study" in studies_pkg.studies()
+    with pytest.raises(SystemExit):
+        main(["count-study", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Writes 0 .. n-1 into count.txt." in text and "how far (default: small: 3, large: 50)" in text
+    assert "repeats (default: 1)" in text and "{small,large}" in text
+    assert main(["count-study", "--out", str(tmp_path / "o"), "--n", "4", "--repeat", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["result"] == {"n": 4, "repeat": 2}
+    assert (tmp_path / "o" / "count.txt").read_text() == "0 1 2 30 1 2 3"
+    assert main(["count-study", "--out", str(tmp_path / "p")]) == 0  # the default preset is 'large'
+    assert json.loads(capsys.readouterr().out)["result"]["n"] == 50
+    assert main(["count-study", "--out", str(tmp_path / "q"), "--n", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "manifold-mixup count-study: error: n must be an integer in [1, 100]; got 0"
+    monkeypatch.delitem(sys.modules, "manifold_mixup.paper.studies.count_study", raising=False)
+
+
+def test_every_registered_study_has_its_worker_check_and_summary_where_it_shards():
+    from manifold_mixup.paper.studies import studies
+
+    found = studies()
+    assert sorted(found) == ["confmix-study", "depth-study", "spiral-figure"]
+    for s in found.values():
+        for name, cfg in s.presets.items():
+            assert type(cfg) is type(next(iter(s.presets.values()))), (s.name, name)
+            for f in s.flags:
+                assert hasattr(cfg, f.field), (s.name, f.field)
+        if s.sharded:
+            assert callable(s.worker) and callable(s.check) and callable(s.summarise)
+            assert len(s.shards(s.presets[s.default])) >= 1
+
+
+# ---------------------------------------------------------------- the depth study's alpha schedule
+def test_a_depth_study_on_a_ramp_and_the_constant_fingerprint_unchanged(tmp_path):
+    """schedule='constant' leaves the settings (the fingerprint of committed studies) as they were;
+    a ramp records its schedule and half-life, trains differently and says so in the summary."""
+    assert "schedule" not in TINY.settings() and "half_life" not in TINY.settings()
+    from dataclasses import replace
+
+    ramp = replace(TINY, schedule="ramp-up", half_life=1.0, ks=(2,), problems_per_k=1, epochs=6, lr=1e-2)
+    assert ramp.settings()["schedule"] == "ramp-up" and ramp.settings()["half_life"] == 1.0
+    const = replace(ramp, schedule="constant")
+    r1 = run_depth_study(ramp, tmp_path / "ramp", progress=False)
+    r0 = run_depth_study(const, tmp_path / "const", progress=False)
+    base = lambda res, m: [r["risk"] for r in res["rows"] if r["method"] == m]  # noqa: E731
+    assert base(r1, "baseline") == base(r0, "baseline")  # ERM does not mix: the schedule cannot move it
+    assert [base(r1, m) for m in ("k0", "k1", "k2", "k3")] != [base(r0, m) for m in ("k0", "k1", "k2", "k3")]
+    assert "alpha 0 -> 1 (ramp-up, half-life 1 epochs)" in (tmp_path / "ramp" / "summary.md").read_text()
+    with pytest.raises(ValueError, match=r"schedule must be one of \['constant', 'ramp-up', 'ramp-down'\]; got 'cosine'"):
+        replace(TINY, schedule="cosine")

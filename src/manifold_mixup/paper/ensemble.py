@@ -182,14 +182,14 @@ class EnsembleParams:
 
 # -- randomness ------------------------------------------------------------------------------
 
-def batch_alphas(alpha: float | AlphaPolicy, epoch: int, batches: int, batch_size: int) -> list[float]:
+def batch_alphas(alpha: float | AlphaPolicy, epoch: int, batches: int) -> list[float]:
     """The alpha of each of an epoch's ``batches``: a number throughout, or what the policy gives
     at ``epoch + b / batches`` (the clock ``train_classifier`` sets for the mixer before batch b)."""
     if not isinstance(alpha, AlphaPolicy):
         return [float(alpha)] * batches
     out = []
     for b in range(batches):
-        a = alpha.alpha(epoch + b / batches, batch_size)
+        a = alpha.alpha_at(epoch + b / batches)
         check_alpha(a, f"{type(alpha).__name__}'s alpha at epoch {epoch + b / batches:g}")
         out.append(float(a))
     return out
@@ -217,7 +217,7 @@ def epoch_plan(seed: int, epoch: int, n: int, batch_size: int,
     rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(PLAN_STREAM, int(epoch))))
     order = rng.permutation(n)
     perm = rng.permuted(np.broadcast_to(np.arange(batch_size), (nb, batch_size)), axis=1)
-    alphas = batch_alphas(alpha, epoch, nb, batch_size)
+    alphas = batch_alphas(alpha, epoch, nb)
     if len(set(alphas)) == 1:  # one alpha for the epoch: one draw of all its lambdas
         a = alphas[0]
         lam = rng.beta(a, a, size=(nb, batch_size)) if a > 0 else np.ones((nb, batch_size))
@@ -320,10 +320,10 @@ def _check_specs(specs: Sequence[MemberSpec], depth: int) -> None:
                 f"specs[{i}].mix_layer must be None (ERM), 0 (input) or a hidden layer 1..{depth}; got {s.mix_layer!r}"
             )
         if isinstance(s.alpha, AlphaPolicy):
-            if s.alpha.needs:
-                raise ValueError(f"specs[{i}].alpha is {type(s.alpha).__name__}, which needs {sorted(s.alpha.needs)} of "
-                                 "each batch; the vectorised trainer follows policies that depend on the epoch only "
-                                 "(Constant, RampUp, RampDown: policies.schedule)")
+            if type(s.alpha).alpha is not AlphaPolicy.alpha or s.alpha.needs:  # not alpha_at(epoch) alone
+                raise ValueError(f"specs[{i}].alpha is {type(s.alpha).__name__}, which sets alpha from each batch; the "
+                                 "vectorised trainer follows policies that depend on the epoch only, through "
+                                 "alpha_at(epoch) (Constant, RampUp, RampDown: policies.schedule)")
         else:
             check_alpha(s.alpha, f"specs[{i}].alpha")
 
