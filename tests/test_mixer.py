@@ -178,6 +178,21 @@ def test_extra_arguments_mapping_batches_and_logits_function():
     assert torch.allclose(logits2, logits, atol=1e-6)
 
 
+def test_a_replayed_plan_gives_the_same_step():
+    model = Residual()
+    x, y = data(b=8)
+    mixer = mm.ManifoldMixup(model, ["stem", "block"], alpha=0.5, generator=1)
+    for _ in range(3):
+        logits, targets = mixer(x, y)
+    mm.soft_cross_entropy(logits, targets).backward()
+    g = grads(model)
+    perm, lam, layer = mixer.last_plan
+    replay, replay_targets = mixer(x, y, plan=mm.MixPlan(perm, lam), layer=layer)
+    assert torch.equal(replay, logits) and torch.equal(replay_targets, targets)
+    mm.soft_cross_entropy(replay, replay_targets).backward()
+    assert all(torch.equal(v, g[n]) for n, v in grads(model).items())
+
+
 # -- layers and selectors -----------------------------------------------------------------------------
 def test_layer_drawn_by_weights_and_reproducible():
     model = Residual()
