@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch._dynamo  # noqa: F401  (the first optimiser imports it; timed here, not in chunk_setup)
 
     from manifold_mixup.paper import ensemble, plots, toy
-    from manifold_mixup.paper.studies import depth, report
+    from manifold_mixup.paper.studies import depth
 
     imports = time.perf_counter() - t0
     if args.threads:
@@ -129,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         (ensemble, "mlp_init", "init_weights"), (ensemble, "epoch_plan", "plans"), (ensemble, "epoch_plans", "plans"),
         (ensemble, "_train_chunk", "trainer_other"),
         (P, "random", "problems"), (P, "sample", "problems"), (P, "_build_quadrature", "grid"), (P, "mmlb", "mmlb"),
-        (depth, "predict_ensemble", "evaluate_predict"), (P, "risk_from_predictions", "evaluate_risk"),
+        (ensemble, "predict_ensemble", "evaluate_predict"), (P, "risk_from_predictions", "evaluate_risk"),
         (P, "excess_risk_from_predictions", "evaluate_risk"), (P, "bayes_risk", "evaluate_risk"),
-        (depth, "summarise", "report"), (report, "write_csv", "report"),
+        (depth, "summarise", "report"), (depth, "write_csv", "report"),
         (plots, "figure2", "figures"), (plots, "plot_excess_by_quartile", "figures"),
         (plots, "plot_difference_over_epochs", "figures"),
     ]:

@@ -6,7 +6,8 @@
     loss = mm.soft_cross_entropy(logits, targets)
 
 The names below are what a user of the mixer needs; the library's modules are ``mixing``,
-``manifold``, ``policies``, ``confidence``, ``checkpointing`` and ``train``. The paper's kit lives
+``manifold``, ``policies``, ``confidence``, ``checkpointing``, ``train`` and ``checks`` (the one
+vocabulary of setting checks, and the limits and choices every part shares). The paper's kit lives
 in its own subpackage, ``manifold_mixup.paper``, which imports the library and is never imported by
 it: ``paper.models`` (the paper's MLP and CNN), ``paper.toy`` (toy problems, Bayes risk, MMLB),
 ``paper.ensemble`` (the vectorised trainer), ``paper.data`` (digits, CIFAR-10, Fashion-MNIST),
@@ -43,6 +44,7 @@ _NAMES = {
     "ConfMix": "policies",
     "HalfConfMix": "policies",
     "confmix_alpha": "policies",
+    "schedule": "policies",
     "train_classifier": "train",
     "TrainResult": "train",
     "accuracy": "train",
@@ -50,10 +52,10 @@ _NAMES = {
 # the library's modules, and the paper's kit (``manifold_mixup.paper``), whose modules are also
 # reachable as ``mm.toy`` and the like
 _SUBMODULES = {name: name for name in ("mixing", "manifold", "policies", "train", "checkpointing", "confidence",
-                                        "paper")}
+                                        "checks", "paper")}
 _SUBMODULES.update({name: f"paper.{name}" for name in (
     "models", "toy", "ensemble", "data", "images", "digits", "cifar10", "fashion_mnist", "studies", "plots", "stats",
-    "files", "store", "threads", "executors", "cli", "devices")})
+    "files", "store", "threads", "executors", "cli", "devices", "constants")})
 
 __all__ = list(_NAMES)
 
