@@ -14,6 +14,13 @@ SRC = Path(mm.__file__).parent
 LIBRARY = ("manifold", "mixing", "policies", "confidence", "checkpointing", "train", "checks")
 
 
+def _last_line(code: str) -> str:
+    """The last line ``code`` prints in a fresh interpreter (which must exit 0)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
 def test_library_modules_import_nothing_from_the_kit():
     for name in LIBRARY:
         tree = ast.parse((SRC / f"{name}.py").read_text())
@@ -34,9 +41,7 @@ def test_using_the_library_loads_no_kit_module():
             "logits, t = mixer(torch.randn(4, 2), torch.tensor([0, 1, 2, 0]))\n"
             "mm.train_classifier\n"
             "print(sorted(k for k in sys.modules if k.startswith('manifold_mixup.paper')))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert _last_line(code) == "[]"
 
 
 def test_the_kit_is_reachable_by_its_paths_and_by_the_short_names():
@@ -57,6 +62,4 @@ def test_the_command_line_help_and_the_study_registry_import_no_torch():
             "    except SystemExit as e:\n"
             "        assert e.code == 0, (argv, e.code)\n"
             "print(sorted(studies()), sorted(m for m in ('torch', 'matplotlib', 'scipy') if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "['confmix-study', 'depth-study', 'spiral-figure'] []"
+    assert _last_line(code) == "['confmix-study', 'depth-study', 'spiral-figure'] []"

@@ -126,7 +126,8 @@ def check_sizes(name: str, values: object, low: int = 1, high: int | None = None
     return tuple(int(v) for v in items)
 
 
-def check_methods(values: Sequence[str], valid: Sequence[str], baseline: str, *, name: str = "methods") -> tuple[str, ...]:
+def check_methods(values: Sequence[str], valid: Sequence[str], baseline: str, *,
+                  name: str = "methods") -> tuple[str, ...]:
     """A study's methods: known ones, each once, the ``baseline`` that every method is compared
     with among them."""
     bad = [m for m in values if m not in valid]

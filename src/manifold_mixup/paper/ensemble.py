@@ -68,7 +68,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checks import OPTIMIZERS, SGD_MOMENTUM, check_choice, check_int, check_real, check_seed, check_sizes
+from ..checks import (OPTIMIZERS, SGD_MOMENTUM, as_generator, check_choice, check_int, check_real, check_seed,
+                      check_sizes)
 from ..mixing import check_alpha
 from ..policies import AlphaPolicy, as_policy
 from .models import mlp, mlp_init
@@ -268,7 +269,7 @@ class _Draws:
         """``mlp_init(sizes, torch.Generator().manual_seed(seed))`` (read-only: shared between members)."""
         group = ("init", int(seed), int(sizes[-1]))
         return self._take((*group, tuple(sizes)), group,
-                          lambda: mlp_init(sizes, torch.Generator().manual_seed(int(seed))))
+                          lambda: mlp_init(sizes, as_generator(int(seed))))
 
     def plan(self, seed: int, epoch: int, n: int, batch_size: int,
              alpha: float | AlphaPolicy) -> tuple[Tensor, Tensor, Tensor]:

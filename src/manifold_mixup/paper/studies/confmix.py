@@ -342,7 +342,7 @@ STUDY = Study(
         Flag("warmup_epochs", int, "M", "ConfMix's epochs of plain ERM first"),
         Flag("half_life", float, "H", "half-life of the alpha ramps, epochs"),
         Flag("confidence", str, "KIND", "ConfMix's confidence: a fresh forward or last epoch's", choices=CONFIDENCES),
-        Flag("methods", str, "M", "methods: erm, {input,manifold}-{mixup,confmix,half-confmix,ramp-up,ramp-down}", "+"),
+        Flag("methods", str, "M", f"methods: erm, {{input,manifold}}-{{{','.join(KINDS)}}}", "+"),
         Flag("seed", int, "S", "seed of the split, the subset, the initial weights and the data order"),
         Flag("device", str, "DEV", DEVICES),
     ),
