@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checks import ALPHA_MAX, check_seed
+from .checks import ALPHA_MAX, check_int, check_real, check_seed
 
 __all__ = [
     "MixPlan",
@@ -166,8 +166,7 @@ class PlanStream:
 
 def _alpha_array(alpha: float | Tensor, batch_size: int, per_sample: bool) -> float | np.ndarray:
     check_alpha(alpha)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+    check_int("batch_size", batch_size, 1)
     if isinstance(alpha, Tensor) and alpha.ndim > 0:
         if not per_sample:
             raise ValueError("per-sample alpha values need per_sample=True")
@@ -250,8 +249,8 @@ def check_class_targets(y: Tensor, num_classes: int | None, *, values: bool = Tr
     """Raise ValueError unless y is soft rows [B, K] (``check_soft_rows``) or class indices [B] in
     [0, num_classes); with num_classes None, the shapes and rows only (K is not known yet).
     ``values=False`` checks shapes only (no read of the tensor's values: no device sync)."""
-    if num_classes is not None and num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2; got {num_classes}")
+    if num_classes is not None:
+        check_int("num_classes", num_classes, 2)
     if y.dtype.is_floating_point:
         check_soft_rows(y, num_classes, values=values)
         return
@@ -276,8 +275,7 @@ def soft_targets(y: Tensor, num_classes: int, label_smoothing: float = 0.0) -> T
     y: LongTensor [B] of class indices in [0, K), or float [B, K] soft rows (returned smoothed).
     label_smoothing: eps in [0, 1); the row becomes (1 - eps) * row + eps / K.
     """
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}")
+    check_real("label_smoothing", label_smoothing, 0, 1, high_open=True)
     check_class_targets(y, num_classes)
     return target_rows(y, num_classes, label_smoothing)
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checks import CONFIDENCES, SCHEDULES, check_choice, check_real
+from .checks import CONFIDENCES, SCHEDULES, check_choice, check_int, check_real
 from .mixing import check_alpha
 
 __all__ = ["AlphaPolicy", "Constant", "RampUp", "RampDown", "ConfMix", "HalfConfMix", "as_policy", "confmix_alpha", "schedule"]
@@ -163,8 +163,7 @@ def confmix_alpha(confidence: Tensor, num_classes: int, *, check: bool = True) -
     A uniform prediction (1/K) gives 0, a one-hot prediction gives 1.
     check: refuse confidences outside [0, 1] or NaN (``False`` for softmax outputs).
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"ConfMix needs num_classes K >= 2; got {num_classes!r}")
+    check_int("num_classes", num_classes, 2)
     if check:
         outside = ~((confidence >= 0) & (confidence <= 1))  # NaN fails both comparisons
         if outside.any():

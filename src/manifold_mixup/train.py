@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .checks import OPTIMIZERS, SGD_MOMENTUM, check_choice, check_real
+from .checks import OPTIMIZERS, SGD_MOMENTUM, check_choice, check_int, check_real
 from .manifold import ManifoldMixup, eval_mode
 from .mixing import soft_cross_entropy, soft_targets
 from .policies import AlphaPolicy
@@ -84,8 +84,8 @@ def train_classifier(
     n = x.shape[0]
     if y.shape[0] != n:
         raise ValueError(f"y has {y.shape[0]} rows but x has {n}")
-    if epochs < 1 or batch_size < 2:
-        raise ValueError(f"epochs must be >= 1 and batch_size >= 2; got epochs={epochs}, batch_size={batch_size}")
+    check_int("epochs", epochs, 1)
+    check_int("batch_size", batch_size, 2)  # mixing pairs rows
     k = num_classes or int(y.max()) + 1
     # one draw seeds the mixing stream, for every method alike, so that runs from the same
     # generator see the same data order whether they mix or not (paired comparisons)
