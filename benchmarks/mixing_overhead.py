@@ -26,7 +26,7 @@ Cases (``--models``, default all):
   (``bert.encoder.layer.0``; ``select={name: 0}`` where the block returns a tuple). Skipped, with
   a JSON line that says so, where ``transformers`` is not installed.
 - ``bert-checkpointed``: the same BERT with 4 layers, hidden 256, 4 heads, FFN 1024, batch 32 of
-  128 tokens with padding, activation checkpointing on (``gradient_checkpointing_enable()``, the
+  128 tokens with padding, activation checkpointing on (``activation_checkpointing_enable()``, the
   transformers default: non-reentrant), mixing inside a checkpointed block
   (``bert.encoder.layer.1.intermediate``), so that backward recomputes the mixed run; ERM is the
   same checkpointed model.
@@ -213,7 +213,7 @@ def bert_checkpointed_case(g: torch.Generator) -> Case:
 
     cfg = bert_config(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
     model = _seeded(1, lambda: BertForSequenceClassification(cfg))
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     ids, mask = padded_tokens(32, 128, cfg.vocab_size, g)
     y = torch.randint(0, cfg.num_labels, (32,), generator=g)
     info = {"transformers": transformers.__version__, "attention": model.config._attn_implementation,

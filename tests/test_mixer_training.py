@@ -399,14 +399,14 @@ class Toggle:
 
     @property
     def ckpt(self):
-        return self.model.is_gradient_checkpointing
+        return self.model.is_activation_checkpointing
 
     @ckpt.setter
     def ckpt(self, on):
         if on:
-            self.model.gradient_checkpointing_enable()
+            self.model.activation_checkpointing_enable()
         else:
-            self.model.gradient_checkpointing_disable()
+            self.model.activation_checkpointing_disable()
 
 
 @pytest.mark.parametrize("layer", ["bert.encoder.layer.1", "bert.encoder.layer.1.attention",
@@ -415,7 +415,7 @@ class Toggle:
 def test_hugging_face_gradient_checkpointing(layer, reentrant):
     model, fresh = bert(), bert()  # (the same weights)
     for m in (model, fresh):
-        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
     g = torch.Generator().manual_seed(0)
     ids, y = torch.randint(0, 64, (4, 10), generator=g), torch.randint(0, 3, (4,), generator=g)
     mask = torch.ones(4, 10, dtype=torch.long)
@@ -447,7 +447,7 @@ def test_hugging_face_gradient_checkpointing(layer, reentrant):
 
     ref = reference(Wrapped(model), layer, mixer.last_plan, ids, y, select=select and 0, attention_mask=mask)
     assert_same(got, ref)
-    assert model.is_gradient_checkpointing
+    assert model.is_activation_checkpointing
 
 
 # -- layers skipped on some calls ----------------------------------------------------------------
