@@ -83,7 +83,6 @@ import manifold_mixup as mm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from hand_mixing import HandHook, hand_mix  # noqa: E402  (the tests' hand-written reference)
 
-mix_rows = hand_mix  # the name tests/test_benchmarks.py reads
 
 CASE_NAMES = ("paper-mlp", "paper-cnn", "paper-cnn-digits", "small-resnet", "paper-cnn-compiled", "bert",
               "bert-checkpointed")
