@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+from ..checks import check_choice
 from .constants import DATASETS
 from .cifar10 import BIN_FOLDER, PY_FOLDER, load_cifar10
 from .digits import load_digits
@@ -37,7 +38,7 @@ def load_dataset(
     Returns:
         ImageDataset, x float32 ``[n, C, H, W]``, y int64 ``[n]``.
     """
-    key = name.strip().lower() if isinstance(name, str) else name
+    key = check_choice("dataset", name.strip().lower() if isinstance(name, str) else name, DATASETS)
     if key == "digits":
         if data_dir is not None:
             raise ValueError(f"data_dir {str(data_dir)!r} is only used with datasets 'cifar10' and 'fashion-mnist'; digits are bundled "
@@ -55,4 +56,4 @@ def load_dataset(
         from .fashion_mnist import load_fashion_mnist
 
         return load_fashion_mnist(data_dir, train_fraction=train_fraction, seed=seed)
-    raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    raise AssertionError(f"constants.DATASETS names {key!r}, which load_dataset does not load")

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import numbers
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -295,9 +294,7 @@ def _check_config(config: EnsembleConfig) -> None:
     check_sizes("config.hidden", config.hidden)
     if config.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"config.dtype must be torch.float32 or torch.float64; got {config.dtype}")
-    mb = config.memory_budget
-    if isinstance(mb, bool) or not isinstance(mb, numbers.Real) or not math.isfinite(mb) or mb < 1:
-        raise ValueError(f"config.memory_budget must be a finite number of bytes >= 1; got {mb!r}")
+    check_real("config.memory_budget", config.memory_budget, 1)  # bytes
     if config.chunk_models is not None:
         check_int("config.chunk_models", config.chunk_models, 1)
     ev = config.eval_epochs
