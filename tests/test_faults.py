@@ -673,7 +673,7 @@ def test_ctrl_c_during_the_imports_is_held_until_they_are_done(monkeypatch, caps
     real, built = cli._parser, []
 
     def interrupted_midway():
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while torch and matplotlib are being imported
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the command line is being built
         parser = real()
         built.append(parser)
         return parser
@@ -683,6 +683,26 @@ def test_ctrl_c_during_the_imports_is_held_until_they_are_done(monkeypatch, caps
     assert "interrupted" in one_error_line(capsys)
     assert built and not os.path.exists("x.png")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_during_the_works_imports_is_held_until_they_are_done(monkeypatch, capsys):
+    """The parser imports no torch now; the work's imports (torch, matplotlib, scipy) come after
+    parsing, still inside the window where an interrupt is held."""
+    import signal
+
+    import manifold_mixup.paper.cli as cli
+
+    real, done = cli._import_the_work, []
+
+    def interrupted_midway():
+        os.kill(os.getpid(), signal.SIGINT)
+        real()
+        done.append(True)
+
+    monkeypatch.setattr(cli, "_import_the_work", interrupted_midway)
+    assert main(["figure2", "--out", "x.png"]) == 130
+    assert "interrupted" in one_error_line(capsys)
+    assert done and not os.path.exists("x.png")
 
 
 def test_ctrl_c_after_the_result_is_printed_ends_normally(tmp_path):

@@ -155,13 +155,15 @@ def _os_message(e: OSError) -> str:
 
 def _check_environment() -> None:
     """The environment variables the commands read, checked before anything is made (one line each)."""
+    import importlib
+
     from .threads import thread_setting
 
     thread_setting()
     backend = os.environ.get("MPLBACKEND", "")
     if backend and "matplotlib" not in sys.modules:
         try:
-            import matplotlib  # noqa: F401  (it reads MPLBACKEND when imported)
+            importlib.import_module("matplotlib")  # it reads MPLBACKEND when imported
         except ValueError:
             shown = backend if len(backend) <= 40 else backend[:37] + "..."
             raise ValueError(f"MPLBACKEND={shown!r} is not a backend matplotlib knows; unset it (the figures are "
@@ -188,6 +190,15 @@ def _handle_interrupts(handler) -> dict:
     if threading.current_thread() is not threading.main_thread():
         return {}
     return {name: signal.signal(getattr(signal, name), handler) for name in _SIGNALS}
+
+
+def _import_the_work() -> None:
+    """Import what the commands' work uses (torch, matplotlib, scipy) while interrupts are still
+    held: an interrupt inside torch's import can abort the process instead of raising."""
+    import importlib
+
+    for name in ("torch", f"{__package__}.plots", f"{__package__}.stats"):
+        importlib.import_module(name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,6 +252,7 @@ def _main(argv: list[str] | None, held: list[int]) -> int:
             from .studies import studies
 
             run = functools.partial(_run_study, studies()[command])
+        _import_the_work()  # (help and parse errors ended above, without them)
         _handle_interrupts(signal.default_int_handler)  # the imports are done: Ctrl-C and SIGTERM stop the work
         if held:
             raise KeyboardInterrupt
