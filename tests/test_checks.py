@@ -21,6 +21,7 @@ TAKES = [
     (lambda v: c.check_real("lr", v, 0, low_open=True), 1e-3, 1e-3),
     (lambda v: c.check_real("p", v, 0, 1, high_open=True), 0, 0.0),
     (lambda v: c.check_real("p", v, 0, 1), np.float32(1.0), 1.0),
+    (lambda v: c.check_real("lr", v, 0, low_open=True), torch.tensor(0.5), 0.5),  # torch takes a tensor lr
     (lambda v: c.check_range("r", v), (1, 2), (1.0, 2.0)),
     (lambda v: c.check_range("r", v, allow_equal=True), [2, 2], (2.0, 2.0)),
     (lambda v: c.check_choice("optimizer", v, c.OPTIMIZERS), "sgd", "sgd"),
@@ -45,6 +46,8 @@ REFUSES = [  # (check, value, the message's start)
     (lambda v: c.check_range("r", v), (1, 2, 3), r"r must be two finite numbers"),
     (lambda v: c.check_choice("optimizer", v, c.OPTIMIZERS), "rmsprop", r"optimizer must be one of \['adam', 'sgd'\]; got 'rmsprop'"),
     (lambda v: c.check_choice("optimizer", v, c.OPTIMIZERS), ["adam"], r"optimizer must be one of"),
+    (lambda v: c.check_choice("optimizer", v, c.OPTIMIZERS), np.array([1, 2]), r"optimizer must be one of"),
+    (lambda v: c.check_real("lr", v, 0, low_open=True), torch.tensor([1e-3, 1e-3]), r"lr must be a finite number"),
     (lambda v: c.check_unique("ks", v), [2, 3, 2], r"ks lists \[2\] more than once"),
     (lambda v: c.check_sizes("hidden", v), (), r"hidden must be one or more integers in \[1, "),
     (lambda v: c.check_sizes("hidden", v), (4, 0), r"hidden must be one or more integers"),
@@ -121,3 +124,19 @@ def test_each_schedule_name_builds_its_policy_with_its_closed_form():
         schedule("cos")
     with pytest.raises(ValueError, match="half_life must be a finite number > 0; got 0"):
         schedule("ramp-up", half_life=0)
+
+
+def test_a_config_given_numpy_numbers_and_lists_stores_plain_python_values():
+    """What a frozen config stores hashes, and its settings serialise to the same JSON as Python's."""
+    import json
+    from dataclasses import asdict
+
+    from manifold_mixup.paper.studies.depth import DepthStudyConfig
+
+    cfg = DepthStudyConfig(hidden=[np.int64(8), np.int64(8)], ks=np.array([2, 3]).tolist(), lr=np.float64(1e-3),
+                           seed=np.int32(4), methods=["baseline", "k1"])
+    assert cfg == DepthStudyConfig(hidden=(8, 8), ks=(2, 3), lr=1e-3, seed=4, methods=("baseline", "k1"))
+    hash(cfg)
+    assert json.dumps(cfg.settings()) == json.dumps(DepthStudyConfig(hidden=(8, 8), ks=(2, 3), lr=1e-3, seed=4,
+                                                                     methods=("baseline", "k1")).settings())
+    assert all(type(v) in (int, float, str, tuple, type(None)) for v in asdict(cfg).values())

@@ -362,7 +362,12 @@ def test_a_ramp_draws_each_batch_at_the_closed_form_alpha_of_its_clock():
 
 @pytest.mark.parametrize("policy", [mm.RampUp(1.5), mm.RampDown(1.0)])
 def test_a_member_on_a_ramp_matches_the_reference_path(policy):
-    """The member-by-member equality extends to a schedule: the same policy object drives both trainers."""
+    """The member-by-member equality extends to a schedule: a member on a ramp equals the reference
+    path replaying its plans, and the alpha it is drawn at is the one ``train_classifier`` gives the
+    mixer with the same policy (its recorded mean alpha per epoch; the draws above are checked
+    against the closed form)."""
+    from manifold_mixup.paper.ensemble import batch_alphas
+
     x, y = make_data(2, [3, 3])
     specs = [MemberSpec(11, 2, policy), MemberSpec(11, 0, policy)]
     params = train_ensemble(x, y, 3, specs, CFG)
@@ -370,6 +375,48 @@ def test_a_member_on_a_ramp_matches_the_reference_path(policy):
         assert maxdiff(member_weights(params, i), reference(x[i], y[i], 3, s)) < TOL
     # negative control: the constant alpha of the ramp's mean is not the ramp
     assert maxdiff(member_weights(params, 0), reference(x[0], y[0], 3, MemberSpec(11, 2, 0.5))) > 100 * TOL
+    same = type(policy)(policy.half_life)  # a fresh copy: the mixer records into its own
+    res = mm.train_classifier(mm.models.mlp(3, HIDDEN, generator=torch.Generator().manual_seed(0)), x[0], y[0],
+                              layers="relu2", alpha=same, epochs=EPOCHS, batch_size=BATCH,
+                              generator=torch.Generator().manual_seed(1))
+    batches = N // BATCH
+    for epoch, h in enumerate(res.policy):
+        assert h["mean_alpha"] == pytest.approx(sum(batch_alphas(policy, epoch, batches)) / batches, rel=1e-12)
+
+
+class _Scaled(mm.AlphaPolicy):
+    """An epoch-only policy whose setting is a private attribute (its repr does not show it), and
+    which halves its Beta parameter as half ConfMix does."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self._scale = scale
+
+    def alpha_at(self, epoch: float) -> float:
+        return self._scale * (1 + epoch)
+
+    def beta_parameter(self, alpha):
+        return alpha / 2
+
+
+def test_members_with_different_policies_never_share_a_draw_and_the_beta_parameter_is_drawn():
+    x, y = make_data(2, [3, 3])
+    specs = [MemberSpec(11, 2, _Scaled(0.1)), MemberSpec(11, 2, _Scaled(4.0))]
+    together = train_ensemble(x, y, 3, specs, CFG)
+    alone = train_ensemble(x[1:], y[1:], 3, specs[1:], CFG)
+    assert maxdiff(member_weights(together, 1), member_weights(alone, 0)) < TOL
+    for i, s in enumerate(specs):  # the reference replays epoch_plan, which draws Beta(alpha / 2, alpha / 2)
+        assert maxdiff(member_weights(together, i), reference(x[i], y[i], 3, s)) < TOL
+    import numpy as np
+
+    from manifold_mixup.paper.ensemble import PLAN_STREAM
+
+    order, perm, lam = epoch_plan(3, 1, N, BATCH, _Scaled(4.0))
+    rng = np.random.default_rng(np.random.SeedSequence(3, spawn_key=(PLAN_STREAM, 1)))
+    rng.permutation(N), rng.permuted(np.broadcast_to(np.arange(BATCH), (N // BATCH, BATCH)), axis=1)
+    for b in range(N // BATCH):
+        a = 4.0 * (1 + 1 + b / (N // BATCH)) / 2
+        assert torch.equal(lam[b], torch.from_numpy(rng.beta(a, a, size=BATCH)))
 
 
 def test_a_policy_that_needs_the_batch_is_refused_by_the_vectorised_trainer():

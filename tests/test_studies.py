@@ -262,6 +262,7 @@ def test_a_depth_study_on_a_ramp_and_the_constant_fingerprint_unchanged(tmp_path
 
     ramp = replace(TINY, schedule="ramp-up", half_life=1.0, ks=(2,), problems_per_k=1, epochs=6, lr=1e-2)
     assert ramp.settings()["schedule"] == "ramp-up" and ramp.settings()["half_life"] == 1.0
+    assert "alpha" not in ramp.settings() and replace(ramp, alpha=3.0).settings() == ramp.settings()  # unused
     const = replace(ramp, schedule="constant")
     r1 = run_depth_study(ramp, tmp_path / "ramp", progress=False)
     r0 = run_depth_study(const, tmp_path / "const", progress=False)

@@ -19,7 +19,7 @@ from typing import Any
 __all__ = [
     "ALPHA_MAX", "COUNT_MAX", "SEED_MAX", "STUDY_SEED_MAX", "OPTIMIZERS", "SGD_MOMENTUM", "CONFIDENCES", "SCHEDULES",
     "check_int", "check_real", "check_range", "check_choice", "check_unique", "check_sizes", "check_methods",
-    "check_seed", "as_generator",
+    "check_seed", "as_generator", "plain", "plain_fields",
 ]
 
 #: Largest alpha accepted anywhere: Beta(alpha, alpha) is 1/2 to within 1e-6 there, and both
@@ -64,7 +64,11 @@ def check_int(name: str, value: object, low: int, high: int | None = None) -> in
 
 def check_real(name: str, value: object, low: float, high: float = math.inf, *, low_open: bool = False,
                high_open: bool = False) -> float:
-    """``value`` must be a finite real number in [low, high] (ends open with ``low_open``/``high_open``)."""
+    """``value`` must be a finite real number in [low, high] (ends open with ``low_open``/``high_open``);
+    a one-element tensor or array holding one counts as that number (torch takes a tensor lr)."""
+    shown = value
+    if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
+        value = value.item()
     try:
         ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
               and math.isfinite(value) and (value > low if low_open else value >= low)
@@ -74,7 +78,7 @@ def check_real(name: str, value: object, low: float, high: float = math.inf, *, 
     if not ok:
         lo = f"> {low:g}" if low_open else f">= {low:g}"
         hi = "" if high == math.inf else f" and {'<' if high_open else '<='} {high:g}"
-        raise ValueError(f"{name} must be a finite number {lo}{hi}; got {_short(value)}")
+        raise ValueError(f"{name} must be a finite number {lo}{hi}; got {_short(shown)}")
     return float(value)
 
 
@@ -95,8 +99,8 @@ def check_range(name: str, value: object, *, positive: bool = False, allow_equal
 def check_choice(name: str, value: object, allowed: Sequence) -> Any:
     """``value`` must be one of ``allowed``."""
     try:
-        ok = value in allowed
-    except TypeError:  # an unhashable value against a set
+        ok = bool(value in allowed)
+    except (TypeError, ValueError):  # an unhashable value against a set; an array's ambiguous truth
         ok = False
     if not ok:
         raise ValueError(f"{name} must be one of {list(allowed)}; got {_short(value)}")
@@ -137,6 +141,26 @@ def check_methods(values: Sequence[str], valid: Sequence[str], baseline: str, *,
         raise ValueError(f"{name} must include {baseline!r}, the baseline every method is compared with")
     check_unique(name, values)
     return tuple(values)
+
+
+def plain(value: object) -> object:
+    """``value`` with numpy scalars as Python numbers and lists as tuples, recursively: what a
+    frozen config stores, so that it hashes and its settings serialise to JSON. Python values
+    are returned as they are."""
+    if isinstance(value, (list, tuple)):
+        return tuple(plain(v) for v in value)
+    if type(value).__module__ == "numpy" and callable(getattr(value, "item", None)) and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return value
+
+
+def plain_fields(config: object) -> None:
+    """Store every field of a frozen dataclass ``config`` as :func:`plain` gives it (call first in
+    ``__post_init__``, before the checks)."""
+    import dataclasses
+
+    for f in dataclasses.fields(config):  # type: ignore[arg-type]
+        object.__setattr__(config, f.name, plain(getattr(config, f.name)))
 
 
 def check_seed(name: str, value: object, high: int = SEED_MAX) -> int:

@@ -195,9 +195,12 @@ def batch_alphas(alpha: float | AlphaPolicy, epoch: int, batches: int) -> list[f
     return out
 
 
-def _plan_key(alpha: float | AlphaPolicy) -> str:
-    """Members whose alphas have the same key draw the same plans (a number and its ``Constant``)."""
-    return repr(as_policy(alpha))
+def _plan_key(alpha: float | AlphaPolicy) -> tuple:
+    """Members whose alphas have the same key draw the same plans: the policy's type and every
+    attribute but its clock and records (a number is its ``Constant``)."""
+    p = as_policy(alpha)
+    state = sorted((k, repr(v)) for k, v in vars(p).items() if k not in ("epoch", "_sums"))
+    return (type(p).__module__, type(p).__qualname__, tuple(state))
 
 
 def epoch_plan(seed: int, epoch: int, n: int, batch_size: int,
@@ -206,8 +209,9 @@ def epoch_plan(seed: int, epoch: int, n: int, batch_size: int,
 
     order: LongTensor, the data order (batch b is ``order[b*B:(b+1)*B]``); perm: LongTensor, each
     row a permutation of 0..B-1 (the mixing partner of row i is row perm[b, i] of the batch);
-    lam: float64 Tensor, lambda ~ Beta(alpha, alpha) per sample, alpha from :func:`batch_alphas`
-    (all 1 in a batch whose alpha is 0: nothing is drawn for it).
+    lam: float64 Tensor, lambda ~ Beta(p, p) per sample, p the policy's ``beta_parameter`` of the
+    batch's alpha from :func:`batch_alphas` (p = alpha for a number and the built-in schedules), as
+    ``ManifoldMixup`` draws it; all 1 in a batch whose p is 0 (nothing is drawn for it).
     Drawn, in this order, from ``np.random.default_rng(SeedSequence(seed, spawn_key=(PLAN_STREAM, epoch)))``.
     The same draws are made whatever the mixing layer, so methods sharing a seed share data order.
     """
@@ -218,6 +222,8 @@ def epoch_plan(seed: int, epoch: int, n: int, batch_size: int,
     order = rng.permutation(n)
     perm = rng.permuted(np.broadcast_to(np.arange(batch_size), (nb, batch_size)), axis=1)
     alphas = batch_alphas(alpha, epoch, nb)
+    if isinstance(alpha, AlphaPolicy):  # the Beta parameter drawn from (half ConfMix-like policies halve it)
+        alphas = [float(alpha.beta_parameter(a)) for a in alphas]
     if len(set(alphas)) == 1:  # one alpha for the epoch: one draw of all its lambdas
         a = alphas[0]
         lam = rng.beta(a, a, size=(nb, batch_size)) if a > 0 else np.ones((nb, batch_size))

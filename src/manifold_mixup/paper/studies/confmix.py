@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ...checks import (ALPHA_MAX, CONFIDENCES, COUNT_MAX, OPTIMIZERS, STUDY_SEED_MAX, as_generator, check_choice,
-                       check_int, check_methods, check_real, check_seed)
+                       check_int, check_methods, check_real, check_seed, plain_fields)
 from ..constants import DATASETS, DEVICES, PAPER_CNN_MIX_LAYER
 from ..executors import run_study
 from ..files import write_atomic
@@ -70,6 +70,7 @@ class ConfMixStudyConfig:
     min_steps_per_epoch: int = 5
 
     def __post_init__(self) -> None:
+        plain_fields(self)  # numpy numbers as Python's, lists as tuples: it hashes and serialises
         check_choice("dataset", self.dataset, DATASETS)
         if self.data_dir is not None and self.dataset == "digits":
             raise ValueError(f"data_dir {self.data_dir!r} is only used with datasets 'cifar10' and 'fashion-mnist' "

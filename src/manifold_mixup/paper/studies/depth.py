@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ...checks import (ALPHA_MAX, OPTIMIZERS, SCHEDULES, SGD_MOMENTUM, STUDY_SEED_MAX, check_choice, check_int,
-                       check_methods, check_range, check_real, check_seed, check_sizes, check_unique)
+                       check_methods, check_range, check_real, check_seed, check_sizes, check_unique, plain_fields)
 from ..constants import DEFAULT_MEAN_RANGE, DEFAULT_SIGMA_RANGE, DEVICES
 from ..executors import run_study
 from ..files import write_atomic
@@ -71,6 +71,7 @@ class DepthStudyConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        plain_fields(self)  # numpy numbers as Python's, lists as tuples: it hashes and serialises
         check_sizes("hidden", self.hidden)
         check_methods(self.methods, method_names(len(self.hidden)), "baseline")
         check_sizes("ks", self.ks, 2)
@@ -102,10 +103,13 @@ class DepthStudyConfig:
     def settings(self) -> dict:
         """What the results depend on (manifest.json's fingerprint): every field, but ``schedule``
         and ``half_life`` only for a ramp (a constant alpha is recorded as before schedules
-        existed, so that such studies resume)."""
+        existed, so that such studies resume), and ``alpha`` only for a constant (a ramp does
+        not use it)."""
         d = asdict(self)
         if self.schedule == "constant":
             del d["schedule"], d["half_life"]
+        else:
+            del d["alpha"]
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
         out["optimizer_definition"] = OPTIMIZER_DEFINITIONS[self.optimizer]  # stated in manifest.json
         return out

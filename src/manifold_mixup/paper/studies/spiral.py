@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ...checks import ALPHA_MAX, STUDY_SEED_MAX, as_generator, check_int, check_real, check_seed, check_sizes
+from ...checks import (ALPHA_MAX, STUDY_SEED_MAX, as_generator, check_int, check_real, check_seed, check_sizes,
+                       plain_fields)
 from .protocol import Flag, Study
 
 __all__ = ["SpiralConfig", "STUDY", "run_spiral_figure"]
@@ -28,6 +29,7 @@ class SpiralConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        plain_fields(self)  # numpy numbers as Python's, lists as tuples: it hashes and serialises
         for name in ("n", "epochs"):
             check_int(name, getattr(self, name), 1)
         check_int("batch_size", self.batch_size, 2)
