@@ -272,3 +272,43 @@ def test_a_depth_study_on_a_ramp_and_the_constant_fingerprint_unchanged(tmp_path
     assert "alpha 0 -> 1 (ramp-up, half-life 1 epochs)" in (tmp_path / "ramp" / "summary.md").read_text()
     with pytest.raises(ValueError, match=r"schedule must be one of \['constant', 'ramp-up', 'ramp-down'\]; got 'cosine'"):
         replace(TINY, schedule="cosine")
+
+
+BROKEN = {
+    "fails_to_import": ("import not_a_module_anywhere\n", r"manifold_mixup\.paper\.studies\.zz_bad cannot be imported "
+                        r"\(ModuleNotFoundError: No module named 'not_a_module_anywhere'\)"),
+    "same_name": (NEW_STUDY.replace('name="count-study"', 'name="depth-study"'),
+                  r"zz_bad registers a study named 'depth-study', as manifold_mixup\.paper\.studies\.depth does"),
+    "reserved_name": (NEW_STUDY.replace('name="count-study"', 'name="figure2"'), r"a registered study is named 'figure2'"),
+    "flag_without_field": (NEW_STUDY.replace('Flag("n", int', 'Flag("m", int'),
+                           r"zz_bad: flag --m sets 'm', which is not a field of the 'small' preset's CountConfig"),
+    "option_without_keyword": (NEW_STUDY.replace('options=(Flag("repeat"', 'options=(Flag("times"'),
+                               r"zz_bad: option --times is not a keyword of run\(\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_study_that_cannot_be_registered_is_one_line_naming_its_module(case, tmp_path, monkeypatch, capsys):
+    import re
+    import sys
+
+    import manifold_mixup.paper.studies as studies_pkg
+
+    source, message = BROKEN[case]
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "zz_bad.py").write_text(source)
+    monkeypatch.setattr(studies_pkg, "__path__", [*studies_pkg.__path__, str(tmp_path / "pkg")])
+    monkeypatch.delitem(sys.modules, "manifold_mixup.paper.studies.zz_bad", raising=False)
+    assert main(["--help"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("manifold-mixup: error: ") and re.search(message, err), err
+    monkeypatch.delitem(sys.modules, "manifold_mixup.paper.studies.zz_bad", raising=False)
+
+
+def test_an_unknown_flag_is_named_by_its_subcommand(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["depth-study", "--out", str(tmp_path / "o"), "--epoch", "5"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("manifold-mixup depth-study: error: unrecognized arguments: --epoch 5 "
+                                       "(see manifold-mixup depth-study --help)\n")
+    assert not (tmp_path / "o").exists()

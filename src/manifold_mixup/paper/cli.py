@@ -80,15 +80,21 @@ def _parser():
     ap = Parser(prog="manifold-mixup", description=DESCRIPTION, allow_abbrev=False)
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
-    for study in studies().values():
-        p = sub.add_parser(study.name, allow_abbrev=False, help=study.help, description=study.description)
+    registered = studies()
+    if "figure2" in registered:
+        raise ValueError("a registered study is named 'figure2', the command line's own figure command; rename it")
+    ap.commands = {}
+    for study in registered.values():
+        p = ap.commands[study.name] = sub.add_parser(study.name, allow_abbrev=False, help=study.help,
+                                                      description=study.description)
         if len(study.presets) > 1:
             p.add_argument("--preset", choices=list(study.presets), default=study.default,
                            help=_help(f"the settings every flag below replaces; {study.preset_help}", study.default))
         p.add_argument("--out", required=True, help=study.out_help)
         _add_flags(p, study)
         _add_options(p, study)
-    f = sub.add_parser("figure2", allow_abbrev=False, help=FIGURE2_HELP, description=FIGURE2_HELP + ".")
+    f = ap.commands["figure2"] = sub.add_parser("figure2", allow_abbrev=False, help=FIGURE2_HELP,
+                                                description=FIGURE2_HELP + ".")
     f.add_argument("--out", required=True, help="PNG file to write")
     f.add_argument("--seed", type=int, default=None,
                    help=_help("seed of the problem (seed + 1 draws the samples)", FIGURE2_SEED))
@@ -240,8 +246,14 @@ def _main(argv: list[str] | None, held: list[int]) -> int:
         except ValueError as e:
             print(f"manifold-mixup{' ' + command if command else ''}: error: {e}", file=sys.stderr)
             return 2
-        parser = _parser()
-        args = parser.parse_args(argv)
+        try:
+            parser = _parser()
+        except (ImportError, ValueError) as e:  # a study module that cannot be registered
+            print(f"manifold-mixup: error: {e}", file=sys.stderr)
+            return 2
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named by the subcommand they were given to, with its help
+            parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
         command = args.command
         _one_line_warnings(command)
         from .files import StudyMismatchError

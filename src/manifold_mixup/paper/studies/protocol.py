@@ -81,12 +81,40 @@ class Study:
 
 def studies() -> dict[str, Study]:
     """Every registered study by name: the ``STUDY`` of each module of this package, in the
-    order of the modules' names."""
+    order of the modules' names. A module that cannot be imported, two studies of one name, or a
+    flag that names no field of the study's presets (nor a keyword of its ``run``) is an error
+    that names the module."""
     from . import __name__ as package, __path__ as path
 
-    found = {}
+    found: dict[str, tuple[str, Study]] = {}
     for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
-        study = getattr(importlib.import_module(f"{package}.{info.name}"), "STUDY", None)
-        if isinstance(study, Study):
-            found[study.name] = study
-    return found
+        module = f"{package}.{info.name}"
+        try:
+            study = getattr(importlib.import_module(module), "STUDY", None)
+        except Exception as e:  # one line that names the module, whatever went wrong in it
+            raise ImportError(f"{module} cannot be imported ({type(e).__name__}: {e}); "
+                              "fix it or remove it from the studies package") from e
+        if not isinstance(study, Study):
+            continue
+        if study.name in found:
+            raise ValueError(f"{module} registers a study named {study.name!r}, as {found[study.name][0]} does; "
+                             "give each study its own name")
+        _check_flags(module, study)
+        found[study.name] = (module, study)
+    return {name: study for name, (_, study) in found.items()}
+
+
+def _check_flags(module: str, study: Study) -> None:
+    import inspect
+    from dataclasses import fields
+
+    keywords = set(inspect.signature(study.run).parameters)
+    for label, cfg in study.presets.items():
+        names = {f.name for f in fields(cfg)}
+        for flag in study.flags:
+            if flag.field not in names:
+                raise ValueError(f"{module}: flag {flag.flag} sets {flag.field!r}, which is not a field of the "
+                                 f"{label!r} preset's {type(cfg).__name__}")
+    for flag in study.options:
+        if flag.field not in keywords:
+            raise ValueError(f"{module}: option {flag.flag} is not a keyword of {study.run.__name__}()")
