@@ -312,3 +312,12 @@ def test_an_unknown_flag_is_named_by_its_subcommand(tmp_path, capsys):
     assert capsys.readouterr().err == ("manifold-mixup depth-study: error: unrecognized arguments: --epoch 5 "
                                        "(see manifold-mixup depth-study --help)\n")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_refused_rerun_names_only_the_settings_that_differ(tmp_path, capsys):
+    args = ["spiral-figure", "--out", str(tmp_path / "s"), "--n", "20", "--epochs", "1", "--hidden", "8",
+            "--batch-size", "10", "--resolution", "8"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args + ["--lr", "0.01"]) == 2
+    assert "(differing: ['lr'])" in capsys.readouterr().err

@@ -213,7 +213,8 @@ class ShardStore:
                 )
             if old.get("fingerprint") != self.fingerprint:
                 before = old.get("settings") if isinstance(old.get("settings"), dict) else {}
-                diff = sorted(k for k in set(before) | set(self.settings) if before.get(k) != self.settings.get(k))
+                now = json.loads(json.dumps(self.settings))  # as the manifest holds them (tuples are lists)
+                diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
                 raise StudyMismatchError(
                     f"{self.dir} holds {self.study!r} results under other settings (differing: {clipped(diff)}); "
                     "rerun with the same settings to resume, or choose another --out"
