@@ -154,3 +154,19 @@ def assert_hook_free(*modules):
         warnings.simplefilter("ignore", DeprecationWarning)  # (torch.jit.script is deprecated, not gone)
         for module in modules:
             torch.jit.script(module)
+
+
+@pytest.fixture
+def study_settings(monkeypatch):
+    """Stop the ConfMix study before any work and keep the settings it would run under:
+    ``study_settings["settings"]`` after ``main([...]) == 130``."""
+    import manifold_mixup.paper.studies.confmix as confmix
+
+    seen: dict = {}
+
+    def record(out, study, settings, *args, **kwargs):
+        seen["settings"] = settings
+        raise KeyboardInterrupt  # stop before any work
+
+    monkeypatch.setattr(confmix, "run_study", record)
+    return seen

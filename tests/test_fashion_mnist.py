@@ -293,17 +293,9 @@ def test_cached_confmix_reads_the_previous_epochs_outputs_of_the_same_samples():
 
 
 @pytest.mark.skipif(not REAL, reason=f"Fashion-MNIST is not installed in {DEFAULT_DIR} (apt-get install dataset-fashion-mnist)")
-def test_the_cli_preset_is_the_base_that_flags_replace(tmp_path, monkeypatch):
+def test_the_cli_preset_is_the_base_that_flags_replace(tmp_path, study_settings):
     from dataclasses import replace
 
-    import manifold_mixup.paper.studies.confmix as confmix
-
-    seen = {}
-
-    def record(out, study, settings, *args, **kwargs):
-        seen["settings"] = settings
-        raise KeyboardInterrupt  # stop before any work
-
-    monkeypatch.setattr(confmix, "run_study", record)
+    seen = study_settings
     assert main(["confmix-study", "--preset", "cpu", "--epochs", "3", "--out", str(tmp_path)]) == 130
     assert seen["settings"] == replace(PRESETS["cpu"], epochs=3).settings()

@@ -750,13 +750,18 @@ def test_figure2_removes_the_temporary_file_of_a_killed_run(tmp_path):
     assert not stale.exists() and other.exists() and (tmp_path / "f.png").exists()
 
 
+def _two_core_confmix_args(out) -> list[str]:
+    """A one-epoch ConfMix study of two methods on 10% of digits, for tests of thread counts (two cores)."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    return ["confmix-study", "--seeds", "1", "--epochs", "1", "--methods", "erm", "input-mixup", "--train-fraction",
+            "0.1", "--out", str(out), "--no-progress"]
+
+
 def test_a_confmix_resume_under_another_thread_count_is_refused(tmp_path, capsys, monkeypatch):
     import torch
 
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("needs two cores")
-    args = ["confmix-study", "--seeds", "1", "--epochs", "1", "--methods", "erm", "input-mixup", "--train-fraction",
-            "0.1", "--out", str(tmp_path), "--no-progress"]
+    args = _two_core_confmix_args(tmp_path)
     old = torch.get_num_threads()
     try:
         monkeypatch.setenv("MANIFOLD_MIXUP_THREADS", "1")
@@ -778,10 +783,7 @@ def test_a_confmix_resume_under_another_thread_count_is_refused(tmp_path, capsys
 def test_confmix_shards_trained_in_worker_processes_record_the_workers_threads(tmp_path, capsys, monkeypatch):
     import torch
 
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("needs two cores")
-    args = ["confmix-study", "--seeds", "1", "--epochs", "1", "--methods", "erm", "input-mixup", "--train-fraction",
-            "0.1", "--out", str(tmp_path), "--no-progress"]
+    args = _two_core_confmix_args(tmp_path)
     old = torch.get_num_threads()
     try:
         monkeypatch.setenv("MANIFOLD_MIXUP_THREADS", "2")

@@ -132,17 +132,10 @@ def test_help_shows_each_flags_meaning_and_the_configs_default(capsys):
         assert text.count("(default:") >= 8
 
 
-def test_flags_replace_only_the_config_fields_they_name(tmp_path, monkeypatch):
-    import manifold_mixup.paper.studies.confmix as confmix
+def test_flags_replace_only_the_config_fields_they_name(tmp_path, study_settings):
     from manifold_mixup.paper.studies.confmix import ConfMixStudyConfig
 
-    seen = {}
-
-    def record(out, study, settings, *args, **kwargs):
-        seen["settings"] = settings
-        raise KeyboardInterrupt  # stop before any work
-
-    monkeypatch.setattr(confmix, "run_study", record)
+    seen = study_settings
     assert main(["confmix-study", "--out", str(tmp_path), "--epochs", "3", "--methods", "erm", "input-mixup"]) == 130
     assert seen["settings"] == ConfMixStudyConfig(epochs=3, methods=("erm", "input-mixup")).settings()
 
