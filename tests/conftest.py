@@ -148,8 +148,10 @@ def tiny_bert(layers: int = 2, positions: int = 8, labels: int = 3):
 
 
 def assert_hook_free(*modules):
-    """TorchScript compiles each module: it refuses a Python forward hook (such as the mixer's) on
-    a module or its children, which is how a user exporting a model would meet a hook left behind."""
+    """TorchScript compiles each module: it refuses a forward hook it cannot compile (a Python
+    closure or bound method, such as the mixer's) on a module or its children, which is how a user
+    exporting a model would meet a hook left behind. (A hook written as a scriptable function
+    would pass: this checks for the mixer's kind of hook, not for every hook.)"""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # (torch.jit.script is deprecated, not gone)
         for module in modules:

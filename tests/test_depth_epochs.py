@@ -107,7 +107,7 @@ def test_eval_epochs_settings_and_the_long_preset(tmp_path, capsys):
     # the long preset's evaluation epochs do not fit a shorter run: one clear line, nothing written
     assert main(["depth-study", "--preset", "long", "--epochs", "20", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "eval_epochs must be integers in 1..epochs = 20" in err and err.count("\n") == 1
+    assert "--eval-epochs must be integers in 1..epochs = 20" in err and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
 
 
@@ -126,7 +126,7 @@ def test_depth_study_rows_do_not_depend_on_the_thread_count(tmp_path):
         for n in (1, 2):
             torch.set_num_threads(n)
             cfg = preset("quick", ks=(3,), problems_per_k=2, problems_per_shard=2, epochs=2, hidden=(64, 64, 64),
-                         grid_resolution=16, mmlb_samples=2000)
+                         grid_resolution=32, mmlb_samples=2000)
             run_depth_study(cfg, tmp_path / f"t{n}", progress=False)
             rows.append(list(csv.DictReader(open(tmp_path / f"t{n}" / "results.csv"))))
     finally:

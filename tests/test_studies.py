@@ -47,6 +47,8 @@ def test_depth_study_refuses_other_settings_and_bad_input(tmp_path, capsys):
         DepthStudyConfig(methods=("baseline", "k9"))
     with pytest.raises(ValueError, match=r"ks must be one or more integers in \[2, "):
         DepthStudyConfig(ks=(1, 2))
+    with pytest.raises(ValueError, match=r"grid_resolution must be an integer in \[32, 4096\]; got 16"):
+        DepthStudyConfig(grid_resolution=16)  # coarser grids misstate the risks by over 1 pp (GRID_MIN)
     code = main(["depth-study", "--out", str(tmp_path / "b"), "--methods", "baseline", "k7"])
     assert code == 2 and "unknown method" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
@@ -56,7 +58,7 @@ def test_depth_study_refuses_other_settings_and_bad_input(tmp_path, capsys):
 def test_ray_executor_gives_the_in_process_result(tmp_path):
     pytest.importorskip("ray")
     cfg = DepthStudyConfig(problems_per_k=1, ks=(2,), hidden=(8, 8, 8), n_train=40, epochs=1, batch_size=20,
-                           grid_resolution=16, mmlb_samples=1000, problems_per_shard=1, methods=("baseline", "k1"))
+                           grid_resolution=32, mmlb_samples=1000, problems_per_shard=1, methods=("baseline", "k1"))
     run_depth_study(cfg, tmp_path / "local", progress=False)
     run_depth_study(cfg, tmp_path / "ray", executor="ray", progress=False)
     assert (tmp_path / "local" / "results.csv").read_text() == (tmp_path / "ray" / "results.csv").read_text()
@@ -151,7 +153,7 @@ def test_confmix_study_on_a_fraction_of_the_training_images(tmp_path, capsys):
     summary = (tmp_path / "summary.md").read_text()
     assert "Training on 135 images" in summary and "batch 27 = min(250, 135 // 5)" in summary
     assert main(["confmix-study", "--train-fraction", "0", "--out", str(tmp_path / "x")]) == 2
-    assert "train_fraction" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert "--train-fraction must" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_cli_errors_are_one_line_without_abbreviations_and_it_has_a_version(tmp_path, capsys):
@@ -227,7 +229,7 @@ def test_a_new_study_needs_one_registration_to_appear_in_the_cli(tmp_path, monke
     assert main(["count-study", "--out", str(tmp_path / "p")]) == 0  # the default preset is 'large'
     assert json.loads(capsys.readouterr().out)["result"]["n"] == 50
     assert main(["count-study", "--out", str(tmp_path / "q"), "--n", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "manifold-mixup count-study: error: n must be an integer in [1, 100]; got 0"
+    assert capsys.readouterr().err.strip() == "manifold-mixup count-study: error: --n must be an integer in [1, 100]; got 0"
     monkeypatch.delitem(sys.modules, "manifold_mixup.paper.studies.count_study", raising=False)
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checks import ALPHA_MAX, check_int, check_real, check_seed
+from .checks import ALPHA_MAX, SEED_MAX, check_int, check_real, check_seed
 
 __all__ = [
     "MixPlan",
@@ -107,7 +107,7 @@ def _seed_of(generator: torch.Generator | int | None, name: str = "generator") -
     if isinstance(generator, (int, np.integer)) and not isinstance(generator, (bool, np.bool_)):
         return check_seed(name, generator)
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"{name} must be a torch.Generator, an int seed or None; got {type(generator).__name__}")
+        raise TypeError(f"{name} must be a torch.Generator, an int seed in [0, {SEED_MAX}] or None; got {type(generator).__name__}")
     if generator is not None and generator.device.type != "cpu":
         raise ValueError(f"{name} must be a CPU torch.Generator (plans are drawn on the CPU); got one on {generator.device}")
     return int(torch.randint(0, 2**62, (1,), generator=generator).item())

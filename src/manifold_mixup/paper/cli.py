@@ -115,7 +115,16 @@ def _run_study(study, a) -> dict:
     if study.sharded:
         options.update({n: getattr(a, n) for n in ("executor", "address") if getattr(a, n) is not None})
         options["progress"] = not a.no_progress
-    return study.brief(study.run(replace(cfg, **over), a.out, **options))
+    try:
+        cfg = replace(cfg, **over)
+    except ValueError as e:  # the setting by the flag the user typed: "--problems-per-k must be ..."
+        text = str(e)
+        for f in study.flags:
+            if text.startswith(f.field + " "):
+                text = f.flag + text[len(f.field):]
+                break
+        raise ValueError(text) from None
+    return study.brief(study.run(cfg, a.out, **options))
 
 
 def _figure2(a) -> dict:
@@ -127,7 +136,7 @@ def _figure2(a) -> dict:
     from .plots import figure2
 
     if a.seed is not None:
-        check_int("seed", a.seed, 0, STUDY_SEED_MAX - 1)
+        check_int("--seed", a.seed, 0, STUDY_SEED_MAX - 1)
     out = Path(a.out)
     for folder in (out.parent, out.parent.parent):  # a study's folder (or its shards folder) is the study's alone
         if os.path.lexists(folder / "manifest.json"):
