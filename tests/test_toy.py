@@ -282,3 +282,17 @@ def test_plot_toy_problem_writes_png(tmp_path):
 
     out = plot_toy_problem(GaussianMixtureProblem.random(3, 2, 0), 100, 0, tmp_path / "sub" / "f.png", resolution=64)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_coarsest_grid_allowed_still_gives_the_bayes_risk_to_a_fraction_of_a_point():
+    """At GRID_MIN cells the Bayes risk of random problems is within 0.5 pp of a 256-cell grid's (it
+    was negative at 8 cells); coarser grids are refused."""
+    from manifold_mixup.paper.constants import GRID_MIN
+
+    for k in (2, 3, 5):
+        for seed in range(5):
+            coarse = GaussianMixtureProblem.random(k, 5, 100 * k + seed, grid_resolution=GRID_MIN).bayes_risk()
+            fine = GaussianMixtureProblem.random(k, 5, 100 * k + seed, grid_resolution=256).bayes_risk()
+            assert 0 <= coarse and abs(coarse - fine) < 0.005, (k, seed, coarse, fine)
+    with pytest.raises(ValueError, match=rf"grid_resolution must be an integer in \[{GRID_MIN}, "):
+        GaussianMixtureProblem.random(2, 5, 0, grid_resolution=GRID_MIN - 1)

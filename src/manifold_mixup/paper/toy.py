@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from ..checks import as_generator, check_int, check_range, check_real
-from .constants import DEFAULT_MEAN_RANGE, DEFAULT_SIGMA_RANGE
+from .constants import DEFAULT_MEAN_RANGE, DEFAULT_SIGMA_RANGE, GRID_MIN
 
 __all__ = [
     "DEFAULT_MEAN_RANGE",
@@ -169,7 +169,7 @@ class GaussianMixtureProblem:
         means: [K, N, 2] component means (tensor, array or nested lists), K >= 2, N >= 1.
         sigma: shared isotropic standard deviation, finite and > 0.
         priors: [K] class priors, non-negative, summing to 1 (tolerance 1e-6); default 1/K.
-        grid_resolution: quadrature cells along the longer side of the covering box (>= 8).
+        grid_resolution: quadrature cells along the longer side of the covering box (>= ``GRID_MIN`` = 32).
 
     All parameters are stored as float64. The quadrature grid is built on first use and
     cached on the object (not pickled).
@@ -217,7 +217,7 @@ class GaussianMixtureProblem:
         self._means = m
         self._sigma = s
         self._priors = p
-        self._grid_resolution = check_int("grid_resolution", grid_resolution, 8)
+        self._grid_resolution = check_int("grid_resolution", grid_resolution, GRID_MIN)
         self._quad: _Quadrature | None = None
 
     # ------------------------------------------------------------------ construction

@@ -17,7 +17,7 @@ import numpy as np
 
 from ...checks import (ALPHA_MAX, OPTIMIZERS, SCHEDULES, SGD_MOMENTUM, STUDY_SEED_MAX, check_choice, check_int,
                        check_methods, check_range, check_real, check_seed, check_sizes, check_unique, plain_fields)
-from ..constants import DEFAULT_MEAN_RANGE, DEFAULT_SIGMA_RANGE, DEVICES
+from ..constants import DEFAULT_MEAN_RANGE, DEFAULT_SIGMA_RANGE, DEVICES, GRID_MIN
 from ..executors import run_study
 from ..files import write_atomic
 from ..store import Shard, ShardList, check_rows, integer, one_of, real
@@ -32,9 +32,6 @@ OPTIMIZER_DEFINITIONS = {"adam": "torch.optim.Adam(lr, betas=(0.9, 0.999), eps=1
               "sgd": f"torch.optim.SGD(lr, momentum={SGD_MOMENTUM}), no dampening, no Nesterov"}
 PAPER_TABLE1 = {"baseline": 18.1, "k0": 16.5, "k1": 14.7, "k2": 13.8, "k3": 13.2}
 REL_MIN_BAYES = 0.01  # relative excess risk is also averaged over problems with R* >= 1%
-#: Coarsest quadrature grid the study accepts: on 60 of its problems the Bayes risk at 16 cells per side
-#: is off by up to 1.5 pp from 256 cells, at 32 by 0.2 pp; at 8 it even came out negative (7 of 60).
-GRID_MIN = 32
 LABELS = {"baseline": "Baseline", "k0": "Mixup 0", "k1": "Mixup 1", "k2": "Mixup 2", "k3": "Mixup 3"}
 
 
