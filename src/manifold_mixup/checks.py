@@ -51,7 +51,7 @@ def _short(value: object) -> str:
 
 
 def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and type(value).__name__ != "bool_"
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # (numpy's bool_ is no Integral)
 
 
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
@@ -70,8 +70,8 @@ def check_real(name: str, value: object, low: float, high: float = math.inf, *, 
     if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
         value = value.item()
     try:
-        ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
-              and math.isfinite(value) and (value > low if low_open else value >= low)
+        ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+              and (value > low if low_open else value >= low)
               and (value < high if high_open else value <= high))
     except OverflowError:  # an int too large for a float
         ok = False

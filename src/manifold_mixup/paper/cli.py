@@ -83,7 +83,7 @@ def _parser():
     registered = studies()
     if "figure2" in registered:
         raise ValueError("a registered study is named 'figure2', the command line's own figure command; rename it")
-    ap.commands = {}
+    ap.commands, ap.studies = {}, registered
     for study in registered.values():
         p = ap.commands[study.name] = sub.add_parser(study.name, allow_abbrev=False, help=study.help,
                                                       description=study.description)
@@ -267,12 +267,7 @@ def _main(argv: list[str] | None, held: list[int]) -> int:
         _one_line_warnings(command)
         from .files import StudyMismatchError
 
-        if command == "figure2":
-            run = _figure2
-        else:
-            from .studies import studies
-
-            run = functools.partial(_run_study, studies()[command])
+        run = _figure2 if command == "figure2" else functools.partial(_run_study, parser.studies[command])
         _import_the_work()  # (help and parse errors ended above, without them)
         _handle_interrupts(signal.default_int_handler)  # the imports are done: Ctrl-C and SIGTERM stop the work
         if held:

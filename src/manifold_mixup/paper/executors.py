@@ -1,7 +1,8 @@
 """Executors: running a study's shards. ``"local"`` runs them one after another in this process,
 or ``workers`` at a time in local processes; ``"ray"`` submits them as Ray tasks (``pip install
 manifold-mixup[ray]``) to the cluster at ``address`` (None starts a local Ray instance). Worker
-functions must be importable top-level functions. ``run_study`` opens the store, runs what is not finished and writes the study's outputs
+functions must be importable top-level functions. ``run_study`` opens the store, runs what is not
+finished and writes the study's outputs
 while it still holds the folder's lock.
 """
 
@@ -17,7 +18,7 @@ from .files import StudyMismatchError, torch_threads
 from .store import Shard, ShardList, ShardStore
 from .threads import THREADS_ENV, fit_threads_to_load, thread_policy, thread_setting
 
-__all__ = ["run_shards", "run_study", "check_executor"]
+__all__ = ["run_shards", "run_study", "check_executor", "check_workers"]
 
 
 def _check_address(address: str, timeout: float = 3.0) -> None:
@@ -149,12 +150,8 @@ def run_study(out_dir: str | os.PathLike, study: str, settings: dict, shards: Se
     The executor, the address, ``workers`` and ``MANIFOLD_MIXUP_THREADS`` are checked before anything is
     written; ``info`` (what follows from the settings, e.g. a derived batch size) goes into the
     manifest; ``check`` is the study's schema of a shard's rows (see :class:`ShardStore`)."""
-    executor = kwargs.get("executor", "local")
-    check_executor(executor, kwargs.get("address"))
-    check_int("workers", workers, 1, 256)
-    if workers > 1 and executor != "local":
-        raise ValueError(f"workers = {workers} runs shards as local processes; it cannot be combined with executor "
-                         f"{executor!r} (give one or the other)")
+    check_executor(kwargs.get("executor", "local"), kwargs.get("address"))
+    check_workers(workers, kwargs.get("executor", "local"))
     thread_setting()
     with ShardStore(out_dir, study, settings, info, check=check) as store:
         if workers == 1:
@@ -203,6 +200,14 @@ def _run_in_processes(store: ShardStore, shards: Sequence[Shard], worker, worker
     finally:
         pool.terminate()  # (after close: the workers have nothing left; on an error: stop them now)
         pool.join()
+
+
+def check_workers(workers: int, executor: str = "local") -> None:
+    """``workers`` local processes (1 to 256), which only the local executor has."""
+    check_int("workers", workers, 1, 256)
+    if workers > 1 and executor != "local":
+        raise ValueError(f"workers = {workers} runs shards as local processes; it cannot be combined with executor "
+                         f"{executor!r} (give one or the other)")
 
 
 def check_executor(executor: str, address: str | None) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 from ...checks import (ALPHA_MAX, CONFIDENCES, COUNT_MAX, OPTIMIZERS, STUDY_SEED_MAX, as_generator, check_choice,
                        check_int, check_methods, check_real, check_seed, plain_fields)
 from ..constants import DATASETS, DEVICES, PAPER_CNN_MIX_LAYER
-from ..executors import run_study
+from ..executors import check_workers, run_study
 from ..files import write_atomic
 from ..store import Shard, ShardList, check_rows, integer, one_of, real
 from .protocol import Flag, Study
@@ -288,7 +288,7 @@ def run_confmix_study(cfg: ConfMixStudyConfig, out: str | Path, executor: str = 
     from ..devices import resolve_device
     from ..plots import plot_alpha_trajectories
 
-    check_int("workers", workers, 1, 256)  # (run_study checks it again; this is before the data are read)
+    check_workers(workers, executor)  # before the data are read (run_study checks it again, for its other callers)
     device = resolve_device(cfg.device)  # fail before any work when the device or the data are missing
     data = cfg.load()
     n_train = data.x_train.shape[0]
@@ -333,7 +333,8 @@ STUDY = Study(
         Flag("data_dir", str, "DIR", "local CIFAR-10 folder or archive, or the folder of Fashion-MNIST's four idx "
              "files (fashion-mnist without it: /usr/share/datasets/fashion-mnist, the Debian package's)"),
         Flag("train_fraction", float, "F", "stratified share of the training images, in (0, 1]"),
-        Flag("min_steps_per_epoch", int, "S", "the batch shrinks to n_train // S when needed, so that an epoch has >= S steps"),
+        Flag("min_steps_per_epoch", int, "S",
+             "the batch shrinks to n_train // S when needed, so that an epoch has >= S steps"),
         Flag("seeds", int, "N", "seeds per method (paired comparisons)"),
         Flag("epochs", int, "E", "training epochs"),
         Flag("batch_size", int, "B", "mini-batch size"),
